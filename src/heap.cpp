@@ -1,0 +1,65 @@
+// The process-wide heap and the per-thread slab numbers.
+#include <pthread.h>
+
+#include <bit>
+
+#include "heap.hpp"
+#include SMALLOC_POLICY_HEADER
+
+namespace smalloc {
+
+// constinit: the heap must work before any constructor has run.
+constinit Heap<Policy> g_heap;
+
+__thread unsigned t_slab_plus_one __attribute__((tls_model("initial-exec")));
+
+namespace {
+
+// Bit s is set while a live thread holds slab s. Giving each live thread a slab
+// of its own (up to 64 threads) means allocating threads never contend, and a
+// new thread inherits the free slots an exited one left behind instead of
+// touching fresh memory.
+constinit std::atomic<uint64_t> g_live_slabs{0};
+constinit std::atomic<unsigned> g_next_shared{0};
+
+enum : int { kNoKey, kCreatingKey, kKeyReady, kKeyFailed };
+constinit std::atomic<int> g_key_state{kNoKey};
+pthread_key_t g_key;
+
+void release_slab(void* value) {
+  unsigned slab = unsigned(reinterpret_cast<uintptr_t>(value)) - 1;
+  g_live_slabs.fetch_and(~(uint64_t{1} << slab), std::memory_order_release);
+}
+
+// A pthread key's destructor tells us when the thread exits. Neither creating
+// the key nor setting a low-numbered key's value allocates; if the value does
+// allocate (key >= 32), the nested malloc finds the slab already assigned.
+void release_at_thread_exit(unsigned slab) {
+  int state = g_key_state.load(std::memory_order_acquire);
+  if (state == kNoKey && g_key_state.compare_exchange_strong(state, kCreatingKey)) {
+    state = pthread_key_create(&g_key, release_slab) == 0 ? kKeyReady : kKeyFailed;
+    g_key_state.store(state, std::memory_order_release);
+  }
+  // A thread racing the key's creation keeps its slab for good: harmless.
+  if (state == kKeyReady) pthread_setspecific(g_key, reinterpret_cast<void*>(uintptr_t{slab} + 1));
+}
+
+}  // namespace
+
+unsigned assign_thread_slab() {
+  uint64_t live = g_live_slabs.load(std::memory_order_relaxed);
+  while (~live != 0) {
+    unsigned slab = unsigned(std::countr_one(live));
+    if (g_live_slabs.compare_exchange_weak(live, live | (uint64_t{1} << slab), std::memory_order_acquire)) {
+      t_slab_plus_one = slab + 1;
+      release_at_thread_exit(slab);
+      return slab;
+    }
+  }
+  // More than 64 live threads: share slabs round-robin (the CAS keeps it safe).
+  unsigned slab = g_next_shared.fetch_add(1, std::memory_order_relaxed) % kNumSlabs;
+  t_slab_plus_one = slab + 1;
+  return slab;
+}
+
+}  // namespace smalloc

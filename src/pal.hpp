@@ -1,0 +1,70 @@
+// The operating system behind the allocator: reserve address space, give
+// pages back, tell whether memory is mapped. Only slow paths call these; each
+// preserves errno so that free() and friends never change it.
+#pragma once
+
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+namespace smalloc::pal {
+
+inline constexpr size_t kPageSize = 4096;
+
+class ErrnoGuard {
+ public:
+  ErrnoGuard() : saved_(errno) {}
+  ~ErrnoGuard() { errno = saved_; }
+
+ private:
+  int saved_;
+};
+
+// Address space only: no commit charge (MAP_NORESERVE), zero-filled on first touch.
+inline void* reserve(size_t bytes) {
+  ErrnoGuard keep;
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
+inline void unmap(void* p, size_t bytes) {
+  ErrnoGuard keep;
+  if (bytes) munmap(p, bytes);
+}
+
+// Reserve `bytes` aligned to `align` (a power of two) by over-reserving and
+// trimming both ends.
+inline void* reserve_aligned(size_t bytes, size_t align) {
+  char* raw = static_cast<char*>(reserve(bytes + align));
+  if (!raw) return nullptr;
+  uintptr_t start = (reinterpret_cast<uintptr_t>(raw) + align - 1) & ~(align - 1);
+  char* aligned = reinterpret_cast<char*>(start);
+  unmap(raw, size_t(aligned - raw));
+  unmap(aligned + bytes, size_t(raw + bytes + align - (aligned + bytes)));
+  return aligned;
+}
+
+// The pages become zero-filled again and stop counting towards RSS.
+inline void discard(void* p, size_t bytes) {
+  ErrnoGuard keep;
+  madvise(p, bytes, MADV_DONTNEED);
+}
+
+// How many bytes from p (up to n) lie in mapped memory: lets us copy out of a
+// block we did not allocate without faulting.
+inline size_t mapped_prefix(const void* p, size_t n) {
+  ErrnoGuard keep;
+  uintptr_t start = reinterpret_cast<uintptr_t>(p);
+  uintptr_t page = start & ~(kPageSize - 1);
+  uintptr_t end = start + n < start ? UINTPTR_MAX : start + n;
+  unsigned char residency[1];
+  for (; page < end; page += kPageSize) {
+    if (mincore(reinterpret_cast<void*>(page), kPageSize, residency) != 0) break;
+  }
+  return page >= end ? n : (page > start ? size_t(page - start) : 0);
+}
+
+}  // namespace smalloc::pal

@@ -1,0 +1,364 @@
+// The core's own promises: the layout arithmetic, fail-over and exhaustion on
+// a small test layout, the fallback layout, per-thread slabs, and pointers
+// that are not ours.
+#include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <barrier>
+#include <cstdlib>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "release_policy.hpp"
+
+namespace smalloc {
+namespace {
+
+using TestHeap = Heap<ReleasePolicy>;
+constexpr unsigned kTestSpan = kMinSpanShift;  // 64 KiB slabs: every class fills quickly
+
+Layout::Where where(const Layout& L, const void* p) {
+  Layout::Where w{};
+  EXPECT_TRUE(L.locate(p, w)) << p;
+  return w;
+}
+
+size_t resident_pages(const void* p, size_t bytes) {
+  std::vector<unsigned char> v((bytes + pal::kPageSize - 1) / pal::kPageSize);
+  EXPECT_EQ(mincore(const_cast<void*>(p), bytes, v.data()), 0);
+  return size_t(std::count_if(v.begin(), v.end(), [](unsigned char c) { return c & 1; }));
+}
+
+TEST(Layout, SizeClassRoundsUpToAPowerOfTwoAndTheAlignment) {
+  EXPECT_EQ(size_class(0), kMinClass);
+  EXPECT_EQ(size_class(1), kMinClass);
+  EXPECT_EQ(size_class(8), 3u);
+  EXPECT_EQ(size_class(9), 4u);
+  EXPECT_EQ(size_class(16), 4u);
+  EXPECT_EQ(size_class(17), 5u);
+  EXPECT_EQ(size_class(size_t{1} << 33), 33u);
+  EXPECT_EQ(size_class((size_t{1} << 33) + 1), 34u);
+  EXPECT_EQ(size_class(SIZE_MAX), 64u);
+  EXPECT_EQ(size_class(1, 64), 6u);
+  EXPECT_EQ(size_class(100, 4096), 12u);
+  EXPECT_EQ(size_class(5000, 4096), 13u);
+}
+
+// Pure arithmetic on the full-size layout (no reservation needed): every
+// class's first, second, middle and last slot in the first, second and last
+// slab decodes back to itself, from its first byte and from its last.
+TEST(Layout, EverySlotEdgeRoundTripsThroughItsAddress) {
+  const Layout L{uintptr_t{1} << 45, kMaxSpanShift};
+  for (unsigned cls = kMinClass; cls <= L.max_class(); ++cls) {
+    uint32_t n = L.slots_per_slab(cls);
+    for (unsigned slab : {0u, 1u, kNumSlabs - 1}) {
+      for (uint32_t index : {0u, 1u % n, n / 2, n - 1}) {
+        char* p = L.slot(cls, slab, index);
+        ASSERT_EQ(reinterpret_cast<uintptr_t>(p) % (uintptr_t{1} << cls), 0u) << cls;
+        for (char* q : {p, p + (size_t{1} << cls) - 1}) {
+          Layout::Where w = where(L, q);
+          ASSERT_EQ(w.cls, cls);
+          ASSERT_EQ(w.slab, slab);
+          ASSERT_EQ(w.index, index);
+        }
+      }
+    }
+  }
+}
+
+TEST(Layout, AddressesOutsideTheSlotAreasAreNotOurs) {
+  const Layout L{uintptr_t{1} << 45, kMaxSpanShift};
+  Layout::Where w;
+  EXPECT_FALSE(L.locate(nullptr, w));
+  EXPECT_FALSE(L.locate(reinterpret_cast<void*>(L.base - 1), w));
+  EXPECT_FALSE(L.locate(reinterpret_cast<void*>(L.base), w));  // the free-list heads
+  EXPECT_FALSE(L.locate(reinterpret_cast<void*>(L.base + Layout::area_bytes(L.span_shift) - 1), w));
+  EXPECT_TRUE(L.locate(reinterpret_cast<void*>(L.base + Layout::area_bytes(L.span_shift)), w));
+  EXPECT_TRUE(L.locate(reinterpret_cast<void*>(L.base + L.size() - 1), w));
+  EXPECT_FALSE(L.locate(reinterpret_cast<void*>(L.base + L.size()), w));
+  const Layout none = Layout::decode(Layout::kUninitialised);
+  EXPECT_LT(none.max_class(), kMinClass);
+  EXPECT_FALSE(none.locate(reinterpret_cast<void*>(uintptr_t{1} << 40), w));
+  EXPECT_FALSE(none.locate(nullptr, w));
+}
+
+TEST(Heap, FirstAllocationReservesTheLayout) {
+  TestHeap heap(kTestSpan);
+  EXPECT_LT(heap.layout().max_class(), kMinClass);
+  void* p = heap.allocate(10, 1, Kind::Malloc);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(heap.layout().span_shift, kTestSpan);
+  EXPECT_EQ(heap.layout().base % (uintptr_t{1} << kTestSpan), 0u);
+  EXPECT_TRUE(heap.owns(p));
+  EXPECT_EQ(heap.usable_size(p), 16u);
+}
+
+TEST(Heap, EveryPointerIsAlignedToItsSlotAndToTheRequest) {
+  TestHeap heap(kTestSpan);
+  for (size_t align = 1; align <= (size_t{1} << kTestSpan); align <<= 1) {
+    for (size_t size : {size_t{0}, size_t{1}, size_t{7}, size_t{24}, size_t{1000}, size_t{40000}}) {
+      void* p = heap.allocate(size, align, Kind::Malloc);
+      if (size_class(size, align) > kTestSpan) {
+        EXPECT_EQ(p, nullptr);
+        continue;
+      }
+      ASSERT_NE(p, nullptr) << size << " " << align;
+      uintptr_t a = reinterpret_cast<uintptr_t>(p);
+      EXPECT_EQ(a % align, 0u);
+      EXPECT_EQ(a % (uintptr_t{1} << size_class(size, align)), 0u);
+      EXPECT_GE(heap.usable_size(p), size);
+      heap.deallocate(p, Kind::Malloc);
+    }
+  }
+}
+
+// For every class: fill the thread's slab, watch the next allocation move to
+// the next slab, fill all 64, watch it move to the next class; then free all
+// and find the slots again.
+TEST(Heap, AFullSlabFailsOverToTheOtherSlabsThenToTheNextClass) {
+  for (unsigned cls = kMinClass; cls <= kTestSpan; ++cls) {
+    TestHeap heap(kTestSpan);
+    const size_t size = size_t{1} << cls;
+    void* first = heap.allocate(size, 1, Kind::Malloc);
+    ASSERT_NE(first, nullptr);
+    const Layout L = heap.layout();
+    const unsigned home = where(L, first).slab;
+    const uint32_t per_slab = L.slots_per_slab(cls);
+    std::vector<void*> blocks{first};
+    for (uint32_t i = 1; i < per_slab; ++i) blocks.push_back(heap.allocate(size, 1, Kind::Malloc));
+    for (void* p : blocks) ASSERT_EQ(where(L, p).slab, home);
+    void* spill = heap.allocate(size, 1, Kind::Malloc);
+    ASSERT_NE(spill, nullptr);
+    EXPECT_EQ(where(L, spill).cls, cls);
+    EXPECT_EQ(where(L, spill).slab, (home + 1) % kNumSlabs);
+    blocks.push_back(spill);
+    while (blocks.size() < size_t{per_slab} * kNumSlabs) {
+      void* p = heap.allocate(size, 1, Kind::Malloc);
+      ASSERT_NE(p, nullptr);
+      ASSERT_EQ(where(L, p).cls, cls);
+      blocks.push_back(p);
+    }
+    std::set<void*> distinct(blocks.begin(), blocks.end());
+    EXPECT_EQ(distinct.size(), blocks.size()) << "a slot was handed out twice";
+    void* overflow = heap.allocate(size, 1, Kind::Malloc);
+    if (cls < L.max_class()) {
+      ASSERT_NE(overflow, nullptr);
+      EXPECT_EQ(where(L, overflow).cls, cls + 1);
+      heap.deallocate(overflow, Kind::Malloc);
+    } else {
+      EXPECT_EQ(overflow, nullptr);
+    }
+    for (void* p : blocks) heap.deallocate(p, Kind::Malloc);
+    // Every slot is free again: a whole class's worth fits without overflow.
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      void* p = heap.allocate(size, 1, Kind::Malloc);
+      ASSERT_NE(p, nullptr);
+      ASSERT_EQ(where(L, p).cls, cls);
+      ASSERT_TRUE(distinct.count(p));
+    }
+  }
+}
+
+TEST(Heap, ExhaustionReturnsNullWithEnomem) {
+  TestHeap heap(kTestSpan);
+  const size_t largest = size_t{1} << kTestSpan;
+  for (unsigned i = 0; i < kNumSlabs; ++i) ASSERT_NE(heap.allocate(largest, 1, Kind::Malloc), nullptr);
+  errno = 0;
+  EXPECT_EQ(heap.allocate(largest, 1, Kind::Malloc), nullptr);
+  EXPECT_EQ(errno, ENOMEM);
+  errno = 0;
+  EXPECT_EQ(heap.allocate(largest + 1, 1, Kind::Malloc), nullptr);
+  EXPECT_EQ(errno, ENOMEM);
+  errno = 0;
+  EXPECT_EQ(heap.allocate(SIZE_MAX, 1, Kind::Malloc), nullptr);
+  EXPECT_EQ(errno, ENOMEM);
+  errno = 0;
+  EXPECT_EQ(heap.allocate(1, size_t{1} << 63, Kind::Malloc), nullptr);
+  EXPECT_EQ(errno, ENOMEM);
+  EXPECT_NE(heap.allocate(8, 1, Kind::Malloc), nullptr) << "small classes still work";
+}
+
+TEST(Heap, TheLastFreedSlotIsReusedFirst) {
+  TestHeap heap(kTestSpan);
+  void* a = heap.allocate(100, 1, Kind::Malloc);
+  void* b = heap.allocate(100, 1, Kind::Malloc);
+  heap.deallocate(a, Kind::Malloc);
+  heap.deallocate(b, Kind::Malloc);
+  EXPECT_EQ(heap.allocate(100, 1, Kind::Malloc), b);
+  EXPECT_EQ(heap.allocate(100, 1, Kind::Malloc), a);
+}
+
+TEST(Heap, ZeroedAllocationLeavesNeverTouchedPagesAlone) {
+  TestHeap heap;  // full layout: 32 MiB slots
+  const size_t size = 32u << 20;
+  char* p = static_cast<char*>(heap.allocate(size, 1, Kind::Malloc, true));
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(resident_pages(p, size), 0u) << "calloc touched a fresh slot";
+  EXPECT_EQ(p[0] | p[size / 2] | p[size - 1], 0);
+}
+
+TEST(Heap, ZeroedAllocationClearsReusedSlots) {
+  TestHeap heap(kTestSpan);
+  for (size_t size : {size_t{8}, size_t{100}, size_t{4096}, size_t{60000}}) {
+    char* p = static_cast<char*>(heap.allocate(size, 1, Kind::Malloc));
+    std::memset(p, 0xab, size);
+    heap.deallocate(p, Kind::Malloc);
+    char* q = static_cast<char*>(heap.allocate(size, 1, Kind::Malloc, true));
+    ASSERT_EQ(q, p);
+    EXPECT_EQ(std::count(q, q + size, 0), std::ptrdiff_t(size));
+  }
+}
+
+TEST(Heap, LargeSlotsAreGivenBackToTheSystemWhenFreed) {
+  TestHeap heap;
+  const size_t size = 8u << 20;
+  char* p = static_cast<char*>(heap.allocate(size, 1, Kind::Malloc));
+  std::memset(p, 1, size);
+  EXPECT_EQ(resident_pages(p, size), size / pal::kPageSize);
+  heap.deallocate(p, Kind::Malloc);
+  EXPECT_LE(resident_pages(p, size), 1u);  // the link of the free slot
+  char* q = static_cast<char*>(heap.allocate(size, 1, Kind::Malloc, true));
+  ASSERT_EQ(q, p);
+  EXPECT_EQ(std::count(q, q + size, 0), std::ptrdiff_t(size)) << "calloc of a discarded slot";
+}
+
+TEST(Heap, ReallocStaysInPlaceWhileTheSlotFits) {
+  TestHeap heap(kTestSpan);
+  char* p = static_cast<char*>(heap.allocate(20, 1, Kind::Malloc));
+  std::memcpy(p, "0123456789abcdefghi", 20);
+  EXPECT_EQ(heap.reallocate(p, 32), p);
+  EXPECT_EQ(heap.reallocate(p, 17), p);
+  char* q = static_cast<char*>(heap.reallocate(p, 33));
+  ASSERT_NE(q, p);
+  EXPECT_STREQ(q, "0123456789abcdefghi");
+  EXPECT_EQ(heap.reallocate(q, 0), nullptr);
+}
+
+TEST(Heap, ABlockThatKeepsGrowingJumpsToTheGrowerClass) {
+  TestHeap heap;
+  char* p = static_cast<char*>(heap.allocate(1000, 1, Kind::Malloc));
+  p[999] = 'x';
+  char* q = static_cast<char*>(heap.reallocate(p, kGrowerMin + 1));
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(q[999], 'x');
+  EXPECT_EQ(where(heap.layout(), q).cls, kGrowerClass);
+  for (size_t size = kGrowerMin * 2; size <= (size_t{1} << kGrowerClass); size *= 2)
+    EXPECT_EQ(heap.reallocate(q, size), q) << size;
+}
+
+// Runs in a child: reserve under a 6 GiB address-space limit, far below the
+// full 16 TiB layout; the exit code is the span shift that was chosen.
+[[noreturn]] void reserve_under_address_space_limit() {
+  rlimit limit{size_t{6} << 30, size_t{6} << 30};
+  if (setrlimit(RLIMIT_AS, &limit) != 0) _exit(100);
+  TestHeap heap;
+  char* p = static_cast<char*>(heap.allocate(1000, 1, Kind::Malloc));
+  if (!p) _exit(101);
+  std::memset(p, 1, 1000);
+  const Layout L = heap.layout();
+  void* largest = heap.allocate(size_t{1} << L.max_class(), 1, Kind::Malloc);
+  if (!largest || !heap.owns(largest)) _exit(102);
+  heap.deallocate(largest, Kind::Malloc);
+  _exit(L.span_shift < kMaxSpanShift && L.size() < (size_t{6} << 30) ? int(L.span_shift) : 103);
+}
+
+bool exited_with_a_fallback_span(int status) {
+  return WIFEXITED(status) && WEXITSTATUS(status) >= int(kMinSpanShift) && WEXITSTATUS(status) < int(kMaxSpanShift);
+}
+
+TEST(Heap, ReservationFallsBackToASmallerLayoutUnderAnAddressSpaceLimit) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(reserve_under_address_space_limit(), exited_with_a_fallback_span, "");
+}
+
+TEST(Threads, LiveThreadsHaveDistinctSlabsAndNewThreadsReuseFreedOnes) {
+  constexpr int kThreads = 8;
+  const unsigned main_slab = thread_slab();
+  auto run_round = [&] {
+    std::vector<unsigned> slabs(kThreads);
+    std::barrier all_assigned(kThreads);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kThreads; ++i)
+      threads.emplace_back([&, i] {
+        slabs[i] = thread_slab();
+        all_assigned.arrive_and_wait();  // nobody exits before everyone has a slab
+      });
+    for (auto& t : threads) t.join();
+    return std::set<unsigned>(slabs.begin(), slabs.end());
+  };
+  std::set<unsigned> first = run_round();
+  EXPECT_EQ(first.size(), size_t{kThreads}) << "two live threads share a slab";
+  EXPECT_EQ(first.count(main_slab), 0u) << "a thread shares the main thread's slab";
+  std::set<unsigned> second = run_round();
+  EXPECT_EQ(second, first) << "new threads should take the slabs exited threads gave back";
+}
+
+TEST(Threads, ConcurrentExhaustionHandsEverySlotOutExactlyOnce) {
+  TestHeap heap(kTestSpan);
+  const size_t size = size_t{1} << kTestSpan;  // 64 slots in all
+  constexpr int kThreads = 16, kRounds = 50;
+  for (int round = 0; round < kRounds; ++round) {
+    std::vector<std::vector<void*>> got(kThreads);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t)
+      threads.emplace_back([&, t] {
+        while (void* p = heap.allocate(size, 1, Kind::Malloc)) got[t].push_back(p);
+      });
+    for (auto& t : threads) t.join();
+    std::set<void*> all;
+    size_t total = 0;
+    for (auto& v : got) {
+      total += v.size();
+      all.insert(v.begin(), v.end());
+    }
+    ASSERT_EQ(total, size_t{kNumSlabs}) << "round " << round;
+    ASSERT_EQ(all.size(), total) << "a slot was handed out twice in round " << round;
+    threads.clear();
+    for (int t = 0; t < kThreads; ++t)  // free from other threads than allocated
+      threads.emplace_back([&, t] {
+        for (void* p : got[(t + 1) % kThreads]) heap.deallocate(p, Kind::Malloc);
+      });
+    for (auto& t : threads) t.join();
+  }
+}
+
+TEST(Foreign, PointersThatAreNotOursAreNeverFreedOrMeasured) {
+  TestHeap heap(kTestSpan);
+  heap.allocate(1, 1, Kind::Malloc);
+  int on_stack = 42;
+  char* from_libc = static_cast<char*>(std::malloc(64));
+  std::strcpy(from_libc, "made by libc");
+  heap.deallocate(&on_stack, Kind::Malloc);
+  heap.deallocate(from_libc, Kind::Malloc);
+  heap.deallocate(nullptr, Kind::Malloc);
+  EXPECT_EQ(on_stack, 42);
+  EXPECT_EQ(heap.usable_size(from_libc), 0u);
+  EXPECT_EQ(heap.usable_size(nullptr), 0u);
+  char* moved = static_cast<char*>(heap.reallocate(from_libc, 100));
+  ASSERT_NE(moved, nullptr);
+  EXPECT_TRUE(heap.owns(moved));
+  EXPECT_STREQ(moved, "made by libc");
+  EXPECT_STREQ(from_libc, "made by libc") << "a foreign block must be left alone";
+  std::free(from_libc);
+}
+
+TEST(Foreign, ReallocOfAForeignBlockNearTheEndOfItsMappingDoesNotFault) {
+  TestHeap heap(kTestSpan);
+  char* page = static_cast<char*>(mmap(nullptr, 2 * pal::kPageSize, PROT_READ | PROT_WRITE,
+                                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(page, MAP_FAILED);
+  munmap(page + pal::kPageSize, pal::kPageSize);  // nothing readable after the block
+  char* block = page + pal::kPageSize - 16;
+  std::memcpy(block, "end of the page", 16);
+  char* moved = static_cast<char*>(heap.reallocate(block, 32 << 10));
+  ASSERT_NE(moved, nullptr);
+  EXPECT_STREQ(moved, "end of the page");
+  munmap(page, pal::kPageSize);
+}
+
+}  // namespace
+}  // namespace smalloc
