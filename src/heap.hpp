@@ -121,6 +121,7 @@ class Heap {
       void* base = pal::reserve_aligned(Layout::bytes(s), size_t{1} << s);
       if (!base) continue;  // not that much address space: try a smaller layout
       // Racing threads each reserve; the first to publish wins, the rest unmap.
+      Policy::on_reserve(base, Layout::bytes(s), Layout::area_bytes(s));
       if (!layout_.compare_exchange_strong(word, Layout::encode(reinterpret_cast<uintptr_t>(base), s),
                                            std::memory_order_acq_rel))
         pal::unmap(base, Layout::bytes(s));
@@ -129,6 +130,10 @@ class Heap {
     }
     return Layout::decode(word);
   }
+
+  // malloc_trim: the release build has nothing to give back that free() has
+  // not already; the debug build empties its quarantine.
+  int trim() { return Policy::trim(*this); }
 
   // Puts a slot back on its slab's free list. The debug policy calls it when a
   // slot leaves quarantine.
@@ -175,7 +180,7 @@ class Heap {
 
   [[gnu::always_inline]] static void* finish(char* slot, unsigned cls, size_t size, size_t align, Kind kind,
                                              bool zero, bool fresh) {
-    void* p = Policy::on_alloc(slot, cls, size, align, kind, fresh);
+    void* p = Policy::on_alloc(slot, cls, size, align, kind, fresh, zero);
     if (zero && !fresh) {
       // A discarded slot is zero but for the link it held while free.
       std::memset(p, 0, cls >= kDiscardClass && Policy::kDiscardedSlotsStayZero ? sizeof(uint32_t) : size);

@@ -12,11 +12,18 @@ struct ReleasePolicy {
 
   static constexpr size_t slot_bytes(size_t size, size_t /*align*/) { return size; }
 
-  static void* on_alloc(char* slot, unsigned, size_t, size_t, Kind, bool) { return slot; }
+  static void on_reserve(void*, size_t, size_t) {}
+
+  static void* on_alloc(char* slot, unsigned, size_t, size_t, Kind, bool, bool) { return slot; }
 
   template <class Heap>
   static char* on_free(Heap&, const Layout& L, const Layout::Where& w, void*, Kind) {
     return L.slot(w.cls, w.slab, w.index);  // an interior pointer frees its slot
+  }
+
+  template <class Heap>
+  static int trim(Heap&) {
+    return 0;
   }
 
   // Not ours (or NULL): leaking is the only safe thing to do with it.
