@@ -180,7 +180,12 @@ void recycle(char* slot) {
 }  // namespace
 
 // ---- the hooks -----------------------------------------------------------------
+// Memcheck reports a bad free itself, with the program's stack and in its
+// error count, when told of a free of a block it does not know as live.
+static void tell_memcheck_bad_free(const void* p) { VALGRIND_FREELIKE_BLOCK(p, 0); }
+
 void report(Error e, const void* p, const Header* h, unsigned cls, unsigned slab, const char* detail) {
+  if (e == Error::DoubleFree || e == Error::InvalidFree) tell_memcheck_bad_free(p);
   if (g_reporting.exchange(1)) return;  // one report at a time, and none from inside one
   if (h)
     say("==smalloc== ERROR: %s at %p: block of %llu bytes from %s, size class %u (%zu B slots), slab %u\n",
@@ -193,6 +198,7 @@ void report(Error e, const void* p, const Header* h, unsigned cls, unsigned slab
 }
 
 void report_foreign(const void* p, const char* what) {
+  tell_memcheck_bad_free(p);
   if (g_reporting.exchange(1)) return;
   say("==smalloc== ERROR: invalid-free at %p: not in smalloc's heap\n==smalloc==   %s\n", p, what);
   finish_report();
@@ -336,7 +342,8 @@ bool resize(const Layout& L, const Layout::Where& w, void* p, size_t size) {
   }
   if (!redzones_intact(slot, w.cls, w.slab, p, h)) return false;
   char* start = static_cast<char*>(p);
-  if (size_t(start - slot) + size + kRedzone > (size_t{1} << w.cls)) return false;  // the core moves it
+  const size_t room = (size_t{1} << w.cls) - size_t(start - slot) - kRedzone;  // a slot always holds front + redzone
+  if (size > room) return false;  // the core moves it, or fails
   const size_t old = h.size;
   VALGRIND_RESIZEINPLACE_BLOCK(p, old, size, kRedzone);
   if (size > old) {

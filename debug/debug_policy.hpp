@@ -73,6 +73,8 @@ size_t block_size(const Layout& L, const Layout::Where& w, const void* p);
 }  // namespace debug
 
 struct DebugPolicy {
+  static constexpr bool kStats = SMALLOC_STATS_ENABLED;
+  static constexpr const char* kBuildName = "debug";
   static constexpr bool kDiscardedSlotsStayZero = false;
 
   static constexpr size_t slot_bytes(size_t size, size_t align) {
@@ -84,9 +86,10 @@ struct DebugPolicy {
   }
   // The slot goes to quarantine, not straight back to the core.
   template <class Heap>
-  static char* on_free(Heap&, const Layout& L, const Layout::Where& w, void* p, Kind kind) {
-    if (char* slot = debug::release(L, w, p, kind, "free")) debug::quarantine(slot);
-    return nullptr;
+  static Released on_free(Heap&, const Layout& L, const Layout::Where& w, void* p, Kind kind) {
+    char* slot = debug::release(L, w, p, kind, "free");
+    if (slot) debug::quarantine(slot);
+    return {slot != nullptr, nullptr};
   }
   static void free_foreign(void* p, Kind) {
     if (p) debug::report_foreign(p, "free of a pointer smalloc never returned");

@@ -58,7 +58,7 @@ unsigned assign_thread_slab() {
   }
   // More than 64 live threads: share slabs round-robin (the CAS keeps it safe).
   unsigned slab = g_next_shared.fetch_add(1, std::memory_order_relaxed) % kNumSlabs;
-  t_slab_plus_one = slab + 1;
+  t_slab_plus_one = slab + 1 + kNumSlabs;
   return slab;
 }
 

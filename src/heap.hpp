@@ -24,6 +24,7 @@
 
 #include "layout.hpp"
 #include "pal.hpp"
+#include "stats.hpp"
 
 namespace smalloc {
 
@@ -37,14 +38,23 @@ inline constexpr unsigned kDiscardClass = 22;  // 4 MiB
 inline constexpr size_t kGrowerMin = 64 * 1024;
 inline constexpr unsigned kGrowerClass = 22;
 
-// The thread's slab number plus one; 0 until its first allocation.
+// The thread's slab number plus one (plus kNumSlabs more if the thread shares
+// the slab with others); 0 until its first allocation.
 extern __thread unsigned t_slab_plus_one __attribute__((tls_model("initial-exec")));
 unsigned assign_thread_slab();  // cold: takes a slab no live thread has, if any
 
 inline unsigned thread_slab() {
   unsigned s = t_slab_plus_one;
-  return __builtin_expect(s != 0, 1) ? s - 1 : assign_thread_slab();
+  return __builtin_expect(s != 0, 1) ? (s - 1) % kNumSlabs : assign_thread_slab();
 }
+inline bool thread_shares_slab() { return t_slab_plus_one > kNumSlabs; }
+
+// What a policy's on_free decided: whether the free was valid (and counts),
+// and the slot to put back on its free list now, if any.
+struct Released {
+  bool valid;
+  char* slot;
+};
 
 struct alignas(kHeadBytes) FreeListHead {
   std::atomic<uint64_t> word;
@@ -66,8 +76,11 @@ class Heap {
     Layout L = layout();
     if (__builtin_expect(cls <= L.max_class(), 1)) {
       bool fresh;
-      if (char* slot = pop(L, cls, thread_slab(), fresh); __builtin_expect(slot != nullptr, 1))
+      unsigned slab = thread_slab();
+      if (char* slot = pop(L, cls, slab, fresh); __builtin_expect(slot != nullptr, 1)) {
+        count_allocation(L, slab, cls, slab, size, fresh);
         return finish(slot, cls, size, align, kind, zero, fresh);
+      }
     }
     return allocate_slow(size, align, kind, zero, cls);
   }
@@ -76,7 +89,12 @@ class Heap {
     Layout L = layout();
     Where w;
     if (__builtin_expect(!L.locate(p, w), 0)) return Policy::free_foreign(p, kind);
-    if (char* slot = Policy::on_free(*this, L, w, p, kind)) recycle(L, w, slot);
+    Released r = Policy::on_free(*this, L, w, p, kind);
+    if constexpr (Policy::kStats) {
+      if (r.valid)
+        stats::add(stats::area(L).owner[thread_slab()].slab[w.cls][w.slab].frees, 1, thread_shares_slab());
+    }
+    if (r.slot) recycle(L, w, r.slot);
   }
 
   // ---- the rest of the API -------------------------------------------------
@@ -178,6 +196,17 @@ class Heap {
     }
   }
 
+  [[gnu::always_inline]] static void count_allocation(const Layout& L, unsigned owner, unsigned cls, unsigned slab,
+                                                      size_t size, bool fresh) {
+    if constexpr (Policy::kStats) {
+      const bool shared = thread_shares_slab();
+      stats::SlabCounters& c = stats::area(L).owner[owner].slab[cls][slab];
+      stats::add(c.allocations, 1, shared);
+      stats::add(c.fresh, fresh, shared);
+      stats::add(c.bytes_requested, size, shared);
+    }
+  }
+
   [[gnu::always_inline]] static void* finish(char* slot, unsigned cls, size_t size, size_t align, Kind kind,
                                              bool zero, bool fresh) {
     void* p = Policy::on_alloc(slot, cls, size, align, kind, fresh, zero);
@@ -194,12 +223,21 @@ class Heap {
                                                    unsigned cls) {
     Layout L = layout();
     if (L.max_class() < kMinClass) L = initialise();
-    unsigned home = thread_slab();
-    for (; cls <= L.max_class(); ++cls) {
+    const unsigned home = thread_slab();
+    for (unsigned c = cls; c <= L.max_class(); ++c) {
       for (unsigned k = 0; k < kNumSlabs; ++k) {
         bool fresh;
-        if (char* slot = pop(L, cls, (home + k) % kNumSlabs, fresh))
-          return finish(slot, cls, size, align, kind, zero, fresh);
+        const unsigned slab = (home + k) % kNumSlabs;
+        if (char* slot = pop(L, c, slab, fresh)) {
+          count_allocation(L, home, c, slab, size, fresh);
+          if constexpr (Policy::kStats) {
+            if (c != cls)
+              stats::area(L).events[cls].overflows.fetch_add(1, std::memory_order_relaxed);
+            else if (k != 0)
+              stats::area(L).events[cls].failovers.fetch_add(1, std::memory_order_relaxed);
+          }
+          return finish(slot, c, size, align, kind, zero, fresh);
+        }
       }
     }
     errno = ENOMEM;

@@ -22,7 +22,7 @@ namespace smalloc {
 inline constexpr unsigned kSlabBits = 6;       // 64 slabs per size class
 inline constexpr unsigned kMinClass = 3;       // 8-byte slots: room for the 4-byte link, and malloc stays 8-aligned
 inline constexpr unsigned kMaxSpanShift = 33;  // natively every slab spans 8 GiB
-inline constexpr unsigned kMinSpanShift = 16;  // the smallest fallback: 64 KiB slabs, 60 MiB in all
+inline constexpr unsigned kMinSpanShift = 17;  // the smallest fallback: 128 KiB slabs, 128 MiB in all
 
 // --- derived ----------------------------------------------------------------
 inline constexpr unsigned kNumSlabs = 1u << kSlabBits;                 // 64

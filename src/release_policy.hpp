@@ -7,6 +7,9 @@
 namespace smalloc {
 
 struct ReleasePolicy {
+  // Occupancy counters (stats.hpp); CMake's SMALLOC_STATS=OFF builds without.
+  static constexpr bool kStats = SMALLOC_STATS_ENABLED;
+  static constexpr const char* kBuildName = "release";
   // calloc may skip zeroing a discarded slot but for its link.
   static constexpr bool kDiscardedSlotsStayZero = true;
 
@@ -17,8 +20,8 @@ struct ReleasePolicy {
   static void* on_alloc(char* slot, unsigned, size_t, size_t, Kind, bool, bool) { return slot; }
 
   template <class Heap>
-  static char* on_free(Heap&, const Layout& L, const Layout::Where& w, void*, Kind) {
-    return L.slot(w.cls, w.slab, w.index);  // an interior pointer frees its slot
+  static Released on_free(Heap&, const Layout& L, const Layout::Where& w, void*, Kind) {
+    return {true, L.slot(w.cls, w.slab, w.index)};  // an interior pointer frees its slot
   }
 
   template <class Heap>

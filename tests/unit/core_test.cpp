@@ -19,7 +19,7 @@ namespace smalloc {
 namespace {
 
 using TestHeap = Heap<ReleasePolicy>;
-constexpr unsigned kTestSpan = kMinSpanShift;  // 64 KiB slabs: every class fills quickly
+constexpr unsigned kTestSpan = kMinSpanShift;  // 128 KiB slabs: every class fills quickly
 
 Layout::Where where(const Layout& L, const void* p) {
   Layout::Where w{};
