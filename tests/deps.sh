@@ -6,7 +6,7 @@ packages=(
   build-essential cmake pkg-config git
   libgtest-dev libgmock-dev libbenchmark-dev
   libspdlog-dev libcpp-httplib-dev nlohmann-json3-dev
-  valgrind python3 curl
+  valgrind python3 python3-jsonschema curl
   libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4 libsimdjson-dev gnuplot-nox
   chromium chromium-driver
 )
