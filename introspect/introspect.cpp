@@ -199,8 +199,11 @@ extern "C" __attribute__((visibility("default"))) int smalloc_introspect_start(c
     });
     const int bound = port == 0 ? server->bind_to_any_port(host) : (server->bind_to_port(host, port) ? port : -1);
     if (bound <= 0) {
-      logger()->error("cannot serve stats on {}:{}: {}; the program goes on without the endpoint", host, port,
-                      std::strerror(errno));
+      // cpp-httplib does not keep bind's errno, so name the likely causes.
+      logger()->error(
+          "cannot serve stats on {}:{}: the port is in use or the address is not this machine's; the program goes "
+          "on without the endpoint",
+          host, port);
       delete server;
       return -1;
     }

@@ -9,9 +9,12 @@
 namespace smalloc {
 
 // constinit: the heap must work before any constructor has run.
-constinit Heap<Policy> g_heap;
+constinit Heap<Policy> g_heap{kMaxSpanShift, /*thread_lists=*/true};
 
 __thread unsigned t_slab_plus_one __attribute__((tls_model("initial-exec")));
+__thread uint32_t t_own_free[kNumClasses] __attribute__((tls_model("initial-exec")));
+__thread uint16_t t_look_wait[kNumClasses] __attribute__((tls_model("initial-exec")));
+__thread uint16_t t_look_gap[kNumClasses] __attribute__((tls_model("initial-exec")));
 
 namespace {
 
@@ -26,8 +29,13 @@ enum : int { kNoKey, kCreatingKey, kKeyReady, kKeyFailed };
 constinit std::atomic<int> g_key_state{kNoKey};
 pthread_key_t g_key;
 
+// Runs in the exiting thread. Destructors that run after this one may still
+// allocate and free: they do so as a thread sharing its slab, with CAS and
+// atomic counters and no thread list, so nothing is stranded.
 void release_slab(void* value) {
   unsigned slab = unsigned(reinterpret_cast<uintptr_t>(value)) - 1;
+  t_slab_plus_one = slab + 1 + kNumSlabs;
+  g_heap.return_thread_lists(slab);
   g_live_slabs.fetch_and(~(uint64_t{1} << slab), std::memory_order_release);
 }
 
@@ -40,8 +48,10 @@ void release_at_thread_exit(unsigned slab) {
     state = pthread_key_create(&g_key, release_slab) == 0 ? kKeyReady : kKeyFailed;
     g_key_state.store(state, std::memory_order_release);
   }
-  // A thread racing the key's creation keeps its slab for good: harmless.
-  if (state == kKeyReady) pthread_setspecific(g_key, reinterpret_cast<void*>(uintptr_t{slab} + 1));
+  // Without the destructor the thread must not keep a list of its own, which
+  // would be stranded at exit: it uses its slab as if shared (and keeps it).
+  if (state != kKeyReady || pthread_setspecific(g_key, reinterpret_cast<void*>(uintptr_t{slab} + 1)) != 0)
+    t_slab_plus_one = slab + 1 + kNumSlabs;
 }
 
 }  // namespace

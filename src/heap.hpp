@@ -49,6 +49,18 @@ inline unsigned thread_slab() {
 }
 inline bool thread_shares_slab() { return t_slab_plus_one > kNumSlabs; }
 
+// Slots of the thread's own slab that the thread itself freed, per class: a
+// LIFO only this thread can see, so it is pushed and popped with plain loads
+// and stores instead of a CAS on the shared head. Entries are slot numbers
+// plus one (0 ends a list), linked through the slots like the shared lists.
+// Only a thread that owns its slab alone keeps one, and it hands the slots
+// back to the shared lists when it exits.
+extern __thread uint32_t t_own_free[kNumClasses] __attribute__((tls_model("initial-exec")));
+// When the thread next looks in other slabs for used free slots (see
+// Heap::allocate_untouched): after t_look_wait more new slots of the class.
+extern __thread uint16_t t_look_wait[kNumClasses] __attribute__((tls_model("initial-exec")));
+extern __thread uint16_t t_look_gap[kNumClasses] __attribute__((tls_model("initial-exec")));
+
 // What a policy's on_free decided: whether the free was valid (and counts),
 // and the slot to put back on its free list now, if any.
 struct Released {
@@ -68,31 +80,55 @@ class Heap {
   using Where = Layout::Where;
 
   // span_shift: the largest layout to try; tests pass a small one.
-  constexpr explicit Heap(unsigned span_shift = kMaxSpanShift) : preferred_span_shift_(span_shift) {}
+  // thread_lists: keep t_own_free for this heap. The lists are per thread, not
+  // per heap, so only the process's one heap may use them.
+  constexpr explicit Heap(unsigned span_shift = kMaxSpanShift, bool thread_lists = false)
+      : preferred_span_shift_(span_shift), thread_lists_(thread_lists) {}
 
   // ---- hot paths -----------------------------------------------------------
+  // Written so that everything that calls out (first use, shared slabs, big
+  // slots, exhaustion) is a tail call: the common path saves no registers.
   [[gnu::always_inline]] void* allocate(size_t size, size_t align, Kind kind, bool zero = false) {
-    unsigned cls = size_class(Policy::slot_bytes(size, align), align);
-    Layout L = layout();
-    if (__builtin_expect(cls <= L.max_class(), 1)) {
-      bool fresh;
-      unsigned slab = thread_slab();
-      if (char* slot = pop(L, cls, slab, fresh); __builtin_expect(slot != nullptr, 1)) {
-        count_allocation(L, slab, cls, slab, size, fresh);
-        return finish(slot, cls, size, align, kind, zero, fresh);
+    return allocate_in(size_class(Policy::slot_bytes(size, align), align), size, align, kind, zero);
+  }
+
+  [[gnu::always_inline]] void* allocate_in(unsigned cls, size_t size, size_t align, Kind kind, bool zero) {
+    const Layout L = layout();
+    const unsigned slab = t_slab_plus_one - 1;  // >= kNumSlabs if not assigned yet, or shared
+    if (__builtin_expect(cls <= L.max_class() && slab < kNumSlabs, 1)) {
+      if (uint32_t own = t_own_free[cls]; own != 0 && thread_lists_) {
+        char* slot = L.slot(cls, slab, own - 1);
+        t_own_free[cls] = Policy::read_link(slot);
+        count_allocation(L, slab, cls, slab, size, false, false);
+        return finish(slot, cls, size, align, kind, zero, false);
       }
+      bool fresh;
+      if (char* slot = pop<false>(L, cls, slab, fresh); __builtin_expect(slot != nullptr, 1)) {
+        count_allocation(L, slab, cls, slab, size, false, false);
+        return finish(slot, cls, size, align, kind, zero, false);
+      }
+      return allocate_untouched(size, align, kind, zero, cls);
     }
     return allocate_slow(size, align, kind, zero, cls);
   }
 
   [[gnu::always_inline]] void deallocate(void* p, Kind kind) {
-    Layout L = layout();
+    const Layout L = layout();
     Where w;
     if (__builtin_expect(!L.locate(p, w), 0)) return Policy::free_foreign(p, kind);
-    Released r = Policy::on_free(*this, L, w, p, kind);
-    if constexpr (Policy::kStats) {
-      if (r.valid)
-        stats::add(stats::area(L).owner[thread_slab()].slab[w.cls][w.slab].frees, 1, thread_shares_slab());
+    const Released r = Policy::on_free(*this, L, w, p, kind);
+    const unsigned me = t_slab_plus_one - 1;  // >= kNumSlabs if not assigned yet, or shared
+    if (__builtin_expect(me < kNumSlabs, 1)) {
+      if constexpr (Policy::kStats) {
+        if (r.valid) stats::add(stats::area(L).owner[me].slab[w.cls][w.slab].frees, 1, false);
+      }
+      if (r.slot && w.slab == me && w.cls < kDiscardClass && thread_lists_) {
+        Policy::write_link(r.slot, t_own_free[w.cls]);
+        t_own_free[w.cls] = w.index + 1;
+        return;
+      }
+    } else {
+      return free_from_shared_row(L, w, r);
     }
     if (r.slot) recycle(L, w, r.slot);
   }
@@ -110,7 +146,7 @@ class Heap {
     if (Policy::resize_in_place(L, w, p, size)) return p;
     unsigned cls = size_class(Policy::slot_bytes(size, 1));
     if (size > kGrowerMin && cls < kGrowerClass) cls = kGrowerClass;
-    void* q = allocate_slow(size, 1, Kind::Malloc, false, cls);
+    void* q = allocate_in(cls, size, 1, Kind::Malloc, false);
     if (!q) return nullptr;
     size_t old = Policy::usable_size(L, w, p);
     std::memcpy(q, p, old < size ? old : size);
@@ -153,15 +189,31 @@ class Heap {
   // not already; the debug build empties its quarantine.
   int trim() { return Policy::trim(*this); }
 
+  // At thread exit: the thread's own free slots go back to the shared lists,
+  // where the slab's next owner (or any thread failing over) finds them.
+  void return_thread_lists(unsigned slab) {
+    const Layout L = layout();
+    for (unsigned cls = kMinClass; cls <= L.max_class() && cls < kNumClasses; ++cls) {
+      while (uint32_t own = t_own_free[cls]) {
+        const Where w{cls, slab, own - 1};
+        char* slot = L.slot(cls, slab, own - 1);
+        t_own_free[cls] = Policy::read_link(slot);
+        push(L, w, slot);
+      }
+    }
+  }
+
   // Puts a slot back on its slab's free list. The debug policy calls it when a
   // slot leaves quarantine.
-  void recycle(const Layout& L, const Where& w, char* slot) {
-    if (w.cls >= kDiscardClass) pal::discard(slot, size_t{1} << w.cls);
+  [[gnu::always_inline]] void recycle(const Layout& L, const Where& w, char* slot) {
+    if (__builtin_expect(w.cls >= kDiscardClass, 0)) return discard_and_push(L, w, slot);
     push(L, w, slot);
   }
 
  private:
-  // Takes the first free slot of (cls, slab), or returns nullptr if it is full.
+  // Takes the first free slot of (cls, slab), or returns nullptr if it is
+  // full, or (kTakeUntouched false) if its next free slot was never used.
+  template <bool kTakeUntouched = true>
   [[gnu::always_inline]] static char* pop(const Layout& L, unsigned cls, unsigned slab, bool& fresh) {
     auto& head = L.head<FreeListHead>(cls, slab).word;
     uint64_t old = head.load(std::memory_order_acquire);
@@ -174,7 +226,7 @@ class Heap {
         // May read a slot another thread just took; the CAS then fails.
         next = Policy::read_link(slot);
       } else {
-        if (index == L.slots_per_slab(cls)) return nullptr;
+        if (!kTakeUntouched || index == L.slots_per_slab(cls)) return nullptr;
         next = index + 1;
       }
       if (head.compare_exchange_weak(old, (old & kCountMask) | next, std::memory_order_acquire,
@@ -196,13 +248,26 @@ class Heap {
     }
   }
 
-  [[gnu::always_inline]] static void count_allocation(const Layout& L, unsigned owner, unsigned cls, unsigned slab,
-                                                      size_t size, bool fresh) {
+  // By value, so that the hot path's Layout and Where stay in registers.
+  [[gnu::noinline, gnu::cold]] static void discard_and_push(const Layout L, const Where w, char* slot) {
+    pal::discard(slot, size_t{1} << w.cls);
+    push(L, w, slot);
+  }
+
+  // A thread that never allocated, or one of more than 64 sharing slabs.
+  [[gnu::noinline]] void free_from_shared_row(const Layout L, const Where w, const Released r) {
     if constexpr (Policy::kStats) {
-      const bool shared = thread_shares_slab();
+      if (r.valid) stats::add(stats::area(L).owner[thread_slab()].slab[w.cls][w.slab].frees, 1, thread_shares_slab());
+    }
+    if (r.slot) recycle(L, w, r.slot);
+  }
+
+  [[gnu::always_inline]] static void count_allocation(const Layout& L, unsigned owner, unsigned cls, unsigned slab,
+                                                      size_t size, bool fresh, bool shared) {
+    if constexpr (Policy::kStats) {
       stats::SlabCounters& c = stats::area(L).owner[owner].slab[cls][slab];
       stats::add(c.allocations, 1, shared);
-      stats::add(c.fresh, fresh, shared);
+      if (fresh) stats::add(c.fresh, 1, shared);
       stats::add(c.bytes_requested, size, shared);
     }
   }
@@ -219,6 +284,42 @@ class Heap {
 
   // Initialisation, fail-over to the other slabs and then to larger classes,
   // and exhaustion.
+  // The thread's slab has no used free slot left. Before touching new memory,
+  // take a used free slot from another slab of the class: otherwise each slab
+  // grows to its own owner's peak while free memory sits in the others (the
+  // producer/consumer and server patterns). Looking costs a read of 63 heads,
+  // so a thread that found nothing looks again only after twice as many new
+  // slots as last time (up to kMaxLookGap); finding something resets that.
+  static constexpr uint16_t kMaxLookGap = 1024;
+  [[gnu::noinline]] void* allocate_untouched(size_t size, size_t align, Kind kind, bool zero, unsigned cls) {
+    const Layout L = layout();
+    const unsigned home = t_slab_plus_one - 1;
+    bool fresh;
+    if (t_look_wait[cls] == 0) {
+      for (unsigned k = 1; k < kNumSlabs; ++k) {
+        const unsigned slab = (home + k) % kNumSlabs;
+        const uint64_t word = L.head<FreeListHead>(cls, slab).word.load(std::memory_order_relaxed);
+        if (!(uint32_t(word) & kTouched)) continue;
+        if (char* slot = pop<false>(L, cls, slab, fresh)) {
+          t_look_gap[cls] = 0;
+          count_allocation(L, home, cls, slab, size, false, false);
+          if constexpr (Policy::kStats) stats::area(L).events[cls].failovers.fetch_add(1, std::memory_order_relaxed);
+          return finish(slot, cls, size, align, kind, zero, false);
+        }
+      }
+      const uint16_t gap = t_look_gap[cls];
+      t_look_gap[cls] = gap == 0 ? 1 : gap < kMaxLookGap ? uint16_t(2 * gap) : kMaxLookGap;
+      t_look_wait[cls] = t_look_gap[cls];
+    } else {
+      --t_look_wait[cls];
+    }
+    if (char* slot = pop(L, cls, home, fresh)) {
+      count_allocation(L, home, cls, home, size, fresh, false);
+      return finish(slot, cls, size, align, kind, zero, fresh);
+    }
+    return allocate_slow(size, align, kind, zero, cls);
+  }
+
   [[gnu::noinline, gnu::cold]] void* allocate_slow(size_t size, size_t align, Kind kind, bool zero,
                                                    unsigned cls) {
     Layout L = layout();
@@ -229,7 +330,7 @@ class Heap {
         bool fresh;
         const unsigned slab = (home + k) % kNumSlabs;
         if (char* slot = pop(L, c, slab, fresh)) {
-          count_allocation(L, home, c, slab, size, fresh);
+          count_allocation(L, home, c, slab, size, fresh, thread_shares_slab());
           if constexpr (Policy::kStats) {
             if (c != cls)
               stats::area(L).events[cls].overflows.fetch_add(1, std::memory_order_relaxed);
@@ -255,6 +356,7 @@ class Heap {
 
   std::atomic<uintptr_t> layout_{Layout::kUninitialised};
   unsigned preferred_span_shift_;
+  bool thread_lists_;
 };
 
 }  // namespace smalloc

@@ -20,8 +20,9 @@ struct ReleasePolicy {
   static void* on_alloc(char* slot, unsigned, size_t, size_t, Kind, bool, bool) { return slot; }
 
   template <class Heap>
-  static Released on_free(Heap&, const Layout& L, const Layout::Where& w, void*, Kind) {
-    return {true, L.slot(w.cls, w.slab, w.index)};  // an interior pointer frees its slot
+  static Released on_free(Heap&, const Layout&, const Layout::Where& w, void* p, Kind) {
+    // Slots are aligned to their size, so an interior pointer frees its slot too.
+    return {true, reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(p) & -(uintptr_t{1} << w.cls))};
   }
 
   template <class Heap>

@@ -1,0 +1,96 @@
+// Memory that is free gets used again before new memory is touched, whichever
+// thread freed it: a thread's private free lists go back to its slab when it
+// exits, and a thread whose slab has no used free slot takes one from another
+// slab. Linked to the prefixed library, so only these calls use the heap.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <mutex>
+#include <memory>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "smalloc.h"
+
+namespace {
+
+constexpr size_t kSize = 200;  // class 8: no other test here uses it
+constexpr int kBlocks = 3000;
+
+unsigned long long Touched(unsigned cls) {
+  auto s = std::make_unique<smalloc_stats>();
+  EXPECT_EQ(smalloc_stats_snapshot(s.get()), 0);
+  return s->classes[cls].touched;
+}
+
+std::vector<void*> AllocateBlocks(size_t size, int n) {
+  std::vector<void*> v;
+  for (int i = 0; i < n; ++i) {
+    v.push_back(smalloc_malloc(size));
+    EXPECT_NE(v.back(), nullptr);
+  }
+  return v;
+}
+
+TEST(Reuse, SlotsAThreadFreedItselfOutliveItAndAreReusedByTheNextThread) {
+  smalloc_free(smalloc_malloc(1));  // the main thread takes its slab first
+  std::vector<void*> first;
+  std::thread([&] {
+    first = AllocateBlocks(kSize, kBlocks);
+    for (void* p : first) smalloc_free(p);  // onto the thread's private lists
+  }).join();
+  const unsigned cls = unsigned(__builtin_ctzll(smalloc_malloc_usable_size(first[0])));
+  const auto touched = Touched(cls);
+  std::vector<void*> second;
+  std::thread([&] { second = AllocateBlocks(kSize, kBlocks); }).join();
+  EXPECT_EQ(std::set<void*>(first.begin(), first.end()), std::set<void*>(second.begin(), second.end()))
+      << "the exited thread's free slots were not handed to the next thread";
+  EXPECT_EQ(Touched(cls), touched) << "new memory was touched while freed slots were available";
+  for (void* p : second) smalloc_free(p);
+}
+
+TEST(Reuse, AThreadTakesSlotsFreedInAnotherSlabBeforeTouchingNewMemory) {
+  constexpr size_t kOther = 3000;  // class 12
+  // A producer allocates, the main thread frees: the slots are free in the
+  // producer's slab, which stays alive (and so stays the producer's).
+  std::vector<void*> produced;
+  bool stop = false;
+  std::mutex m;
+  std::condition_variable cv;
+  bool ready = false;
+  std::thread producer([&] {
+    produced = AllocateBlocks(kOther, kBlocks);
+    std::unique_lock lk(m);
+    ready = true;
+    cv.notify_all();
+    cv.wait(lk, [&] { return stop; });
+  });
+  {
+    std::unique_lock lk(m);
+    cv.wait(lk, [&] { return ready; });
+  }
+  for (void* p : produced) smalloc_free(p);
+  const unsigned cls = unsigned(__builtin_ctzll(smalloc_malloc_usable_size(produced[0])));
+  const auto touched = Touched(cls);
+
+  std::vector<void*> consumer_blocks;
+  std::thread([&] { consumer_blocks = AllocateBlocks(kOther, kBlocks); }).join();
+  // The first allocation may touch a new slot (the look is throttled after a
+  // miss); after that every slot must come from the producer's free ones.
+  EXPECT_LE(Touched(cls) - touched, 1u);
+  std::set<void*> reused(produced.begin(), produced.end());
+  const auto taken = std::count_if(consumer_blocks.begin(), consumer_blocks.end(),
+                                   [&](void* p) { return reused.count(p) != 0; });
+  EXPECT_GE(taken, kBlocks - 1);
+  for (void* p : consumer_blocks) smalloc_free(p);
+  {
+    std::lock_guard lk(m);
+    stop = true;
+  }
+  cv.notify_all();
+  producer.join();
+}
+
+}  // namespace
