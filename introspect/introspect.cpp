@@ -182,10 +182,12 @@ extern "C" __attribute__((visibility("default"))) int smalloc_introspect_start(c
     }
     // Never destroyed: the server thread may outlive static destruction at exit.
     auto* server = new httplib::Server;
-    server->set_socket_options([](socket_t sock) {
+    auto listening = std::make_shared<socket_t>(-1);
+    server->set_socket_options([listening](socket_t sock) {
       int yes = 1;
       setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
       fcntl(sock, F_SETFD, FD_CLOEXEC);  // children must not inherit the port
+      *listening = sock;
     });
     server->Get("/stats", serve_stats);
     server->Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
@@ -207,6 +209,9 @@ extern "C" __attribute__((visibility("default"))) int smalloc_introspect_start(c
       delete server;
       return -1;
     }
+    // Debian's compiled cpp-httplib listens with a backlog of 5: sixteen
+    // clients connecting at once overflowed it and waited a second to retry.
+    if (*listening >= 0) ::listen(*listening, SOMAXCONN);
     std::thread([server] { server->listen_after_bind(); }).detach();
     logger()->info("serving allocator stats on http://{}:{}/stats", host, bound);
     return bound;
