@@ -12,7 +12,7 @@ namespace smalloc {
 constinit Heap<Policy> g_heap{kMaxSpanShift, /*thread_lists=*/true};
 
 __thread unsigned t_slab_plus_one __attribute__((tls_model("initial-exec")));
-__thread uint32_t t_own_free[kNumClasses] __attribute__((tls_model("initial-exec")));
+__thread uint64_t t_own_free[kNumClasses] __attribute__((tls_model("initial-exec")));
 __thread uint16_t t_look_wait[kNumClasses] __attribute__((tls_model("initial-exec")));
 __thread uint16_t t_look_gap[kNumClasses] __attribute__((tls_model("initial-exec")));
 

@@ -56,8 +56,12 @@ inline bool thread_shares_slab() { return t_slab_plus_one > kNumSlabs; }
 // and stores instead of a CAS on the shared head. Entries are slot numbers
 // plus one (0 ends a list), linked through the slots like the shared lists.
 // Only a thread that owns its slab alone keeps one, and it hands the slots
-// back to the shared lists when it exits.
-extern __thread uint32_t t_own_free[kNumClasses] __attribute__((tls_model("initial-exec")));
+// back to the shared lists when it exits. The low half of an entry here is
+// the first slot number plus one, the high half the list's length: a list
+// holds at most kOwnListBytes (one slot if larger), the rest of the thread's
+// frees go to the shared list, where other threads can take them too.
+extern __thread uint64_t t_own_free[kNumClasses] __attribute__((tls_model("initial-exec")));
+inline constexpr uint64_t kOwnListBytes = 1 << 20;
 // When the thread next looks in other slabs for used free slots (see
 // Heap::allocate_untouched): after t_look_wait more new slots of the class.
 extern __thread uint16_t t_look_wait[kNumClasses] __attribute__((tls_model("initial-exec")));
@@ -98,9 +102,9 @@ class Heap {
     const Layout L = layout();
     const unsigned slab = t_slab_plus_one - 1;  // >= kNumSlabs if not assigned yet, or shared
     if (__builtin_expect(cls <= L.max_class() && slab < kNumSlabs, 1)) {
-      if (uint32_t own = t_own_free[cls]; own != 0 && thread_lists_) {
-        char* slot = L.slot(cls, slab, own - 1);
-        t_own_free[cls] = Policy::read_link(slot);
+      if (uint64_t own = t_own_free[cls]; own != 0 && thread_lists_) {
+        char* slot = L.slot(cls, slab, uint32_t(own) - 1);
+        t_own_free[cls] = ((own >> 32) - 1) << 32 | Policy::read_link(slot);
         count_allocation(L, slab, cls, slab, size, false, false);
         return finish(slot, cls, size, align, kind, zero, false);
       }
@@ -124,9 +128,11 @@ class Heap {
       if constexpr (Policy::kStats) {
         if (r.valid) stats::add(stats::area(L).owner[me].slab[w.cls][w.slab].frees, 1, false);
       }
-      if (r.slot && w.slab == me && w.cls < kDiscardClass && thread_lists_) {
-        Policy::write_link(r.slot, t_own_free[w.cls]);
-        t_own_free[w.cls] = w.index + 1;
+      const uint64_t own = t_own_free[w.cls];
+      if (r.slot && w.slab == me && w.cls < kDiscardClass && ((own >> 32) << w.cls) < kOwnListBytes &&
+          thread_lists_) {
+        Policy::write_link(r.slot, uint32_t(own));
+        t_own_free[w.cls] = ((own >> 32) + 1) << 32 | (w.index + 1);
         return;
       }
     } else {
@@ -196,12 +202,13 @@ class Heap {
   void return_thread_lists(unsigned slab) {
     const Layout L = layout();
     for (unsigned cls = kMinClass; cls <= L.max_class() && cls < kNumClasses; ++cls) {
-      while (uint32_t own = t_own_free[cls]) {
-        const Where w{cls, slab, own - 1};
-        char* slot = L.slot(cls, slab, own - 1);
-        t_own_free[cls] = Policy::read_link(slot);
+      for (uint32_t next = uint32_t(t_own_free[cls]); next != 0;) {
+        const Where w{cls, slab, next - 1};
+        char* slot = L.slot(cls, slab, next - 1);
+        next = Policy::read_link(slot);
         push(L, w, slot);
       }
+      t_own_free[cls] = 0;
     }
   }
 

@@ -93,4 +93,40 @@ TEST(Reuse, AThreadTakesSlotsFreedInAnotherSlabBeforeTouchingNewMemory) {
   producer.join();
 }
 
+// A live thread keeps at most 1 MiB of a class on its private list: the rest
+// of what it frees is at once available to the other threads.
+TEST(Reuse, ALiveThreadsPrivateListIsBounded) {
+  constexpr size_t kKiB = 1000;  // class 10: 1 KiB slots
+  constexpr int kMany = 4096;    // 4 MiB of slots
+  std::vector<void*> freed;
+  bool stop = false, ready = false;
+  std::mutex m;
+  std::condition_variable cv;
+  std::thread owner([&] {
+    freed = AllocateBlocks(kKiB, kMany);
+    for (void* p : freed) smalloc_free(p);  // its own slab: private list first
+    std::unique_lock lk(m);
+    ready = true;
+    cv.notify_all();
+    cv.wait(lk, [&] { return stop; });
+  });
+  {
+    std::unique_lock lk(m);
+    cv.wait(lk, [&] { return ready; });
+  }
+  const unsigned cls = 10;
+  const auto touched = Touched(cls);
+  const int kept_private = (1 << 20) / 1024;
+  std::vector<void*> other;
+  std::thread([&] { other = AllocateBlocks(kKiB, kMany - kept_private); }).join();
+  EXPECT_LE(Touched(cls) - touched, 1u) << "the owner's free slots beyond its private list were not shared";
+  for (void* p : other) smalloc_free(p);
+  {
+    std::lock_guard lk(m);
+    stop = true;
+  }
+  cv.notify_all();
+  owner.join();
+}
+
 }  // namespace
