@@ -312,7 +312,7 @@ class Heap {
         if (char* slot = pop<false>(L, cls, slab, fresh)) {
           t_look_gap[cls] = 0;
           count_allocation(L, home, cls, slab, size, false, false);
-          if constexpr (Policy::kStats) stats::area(L).events[cls].failovers.fetch_add(1, std::memory_order_relaxed);
+          if constexpr (Policy::kStats) stats::add(stats::area(L).owner[home].events[cls].failovers, 1, false);
           return finish(slot, cls, size, align, kind, zero, false);
         }
       }
@@ -342,9 +342,9 @@ class Heap {
           count_allocation(L, home, c, slab, size, fresh, thread_shares_slab());
           if constexpr (Policy::kStats) {
             if (c != cls)
-              stats::area(L).events[cls].overflows.fetch_add(1, std::memory_order_relaxed);
+              stats::add(stats::area(L).owner[home].events[cls].overflows, 1, thread_shares_slab());
             else if (k != 0)
-              stats::area(L).events[cls].failovers.fetch_add(1, std::memory_order_relaxed);
+              stats::add(stats::area(L).owner[home].events[cls].failovers, 1, thread_shares_slab());
           }
           return finish(slot, c, size, align, kind, zero, fresh);
         }

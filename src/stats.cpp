@@ -74,8 +74,10 @@ void fill_class(const Layout& L, unsigned cls, smalloc_class_stats& out) {
     out.frees += frees;
     out.bytes_requested_total += requested;
   }
-  out.failovers = area.events[cls].failovers.load(std::memory_order_relaxed);
-  out.overflows = area.events[cls].overflows.load(std::memory_order_relaxed);
+  for (const auto& row : area.owner) {
+    out.failovers += stats::read(row.events[cls].failovers);
+    out.overflows += stats::read(row.events[cls].overflows);
+  }
 }
 
 [[gnu::constructor]] void start_endpoint_if_asked() {

@@ -23,17 +23,19 @@ struct SlabCounters {
   uint64_t bytes_requested;  // what callers asked for, against slot bytes handed out
 };
 
-struct alignas(64) OwnerRow {
-  SlabCounters slab[kNumClasses][kNumSlabs];
+// Requests of a class served by another slab than the thread's, or by a
+// larger class: counted by the requesting thread in its own row too.
+struct ClassEvents {
+  uint64_t failovers, overflows;
 };
 
-struct ClassEvents {
-  std::atomic<uint64_t> failovers, overflows;
+struct alignas(64) OwnerRow {
+  SlabCounters slab[kNumClasses][kNumSlabs];
+  ClassEvents events[kNumClasses];
 };
 
 struct Area {
   OwnerRow owner[kNumSlabs];
-  ClassEvents events[kNumClasses];
 };
 
 inline constexpr size_t kHeadsBytes = size_t{kNumClasses} * kNumSlabs * kHeadBytes;
