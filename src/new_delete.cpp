@@ -24,7 +24,7 @@ namespace {
   }
 }
 
-inline void* allocate_new(size_t size, size_t align, Kind kind) {
+[[gnu::always_inline]] inline void* allocate_new(size_t size, size_t align, Kind kind) {
   void* p = g_heap.allocate(size, align, kind);
   return __builtin_expect(p != nullptr, 1) ? p : allocate_or_throw(size, align, kind);
 }
