@@ -34,6 +34,38 @@ std::vector<void*> AllocateBlocks(size_t size, int n) {
   return v;
 }
 
+// Runs `work` on a thread of its own, which then stays alive (and so keeps
+// its slab) until this object is destroyed.
+class ParkedThread {
+ public:
+  template <class Work>
+  explicit ParkedThread(Work work)
+      : thread_([this, work] {
+          work();
+          std::unique_lock lk(m_);
+          ready_ = true;
+          cv_.notify_all();
+          cv_.wait(lk, [&] { return stop_; });
+        }) {
+    std::unique_lock lk(m_);
+    cv_.wait(lk, [&] { return ready_; });
+  }
+  ~ParkedThread() {
+    {
+      std::lock_guard lk(m_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool ready_ = false, stop_ = false;
+  std::thread thread_;  // last: starts once the members it uses exist
+};
+
 TEST(Reuse, SlotsAThreadFreedItselfOutliveItAndAreReusedByTheNextThread) {
   smalloc_free(smalloc_malloc(1));  // the main thread takes its slab first
   std::vector<void*> first;
@@ -56,21 +88,7 @@ TEST(Reuse, AThreadTakesSlotsFreedInAnotherSlabBeforeTouchingNewMemory) {
   // A producer allocates, the main thread frees: the slots are free in the
   // producer's slab, which stays alive (and so stays the producer's).
   std::vector<void*> produced;
-  bool stop = false;
-  std::mutex m;
-  std::condition_variable cv;
-  bool ready = false;
-  std::thread producer([&] {
-    produced = AllocateBlocks(kOther, kBlocks);
-    std::unique_lock lk(m);
-    ready = true;
-    cv.notify_all();
-    cv.wait(lk, [&] { return stop; });
-  });
-  {
-    std::unique_lock lk(m);
-    cv.wait(lk, [&] { return ready; });
-  }
+  ParkedThread producer([&] { produced = AllocateBlocks(kOther, kBlocks); });
   for (void* p : produced) smalloc_free(p);
   const unsigned cls = unsigned(__builtin_ctzll(smalloc_malloc_usable_size(produced[0])));
   const auto touched = Touched(cls);
@@ -85,12 +103,6 @@ TEST(Reuse, AThreadTakesSlotsFreedInAnotherSlabBeforeTouchingNewMemory) {
                                    [&](void* p) { return reused.count(p) != 0; });
   EXPECT_GE(taken, kBlocks - 1);
   for (void* p : consumer_blocks) smalloc_free(p);
-  {
-    std::lock_guard lk(m);
-    stop = true;
-  }
-  cv.notify_all();
-  producer.join();
 }
 
 // A live thread keeps at most 1 MiB of a class on its private list: the rest
@@ -99,21 +111,10 @@ TEST(Reuse, ALiveThreadsPrivateListIsBounded) {
   constexpr size_t kKiB = 1000;  // class 10: 1 KiB slots
   constexpr int kMany = 4096;    // 4 MiB of slots
   std::vector<void*> freed;
-  bool stop = false, ready = false;
-  std::mutex m;
-  std::condition_variable cv;
-  std::thread owner([&] {
+  ParkedThread owner([&] {
     freed = AllocateBlocks(kKiB, kMany);
     for (void* p : freed) smalloc_free(p);  // its own slab: private list first
-    std::unique_lock lk(m);
-    ready = true;
-    cv.notify_all();
-    cv.wait(lk, [&] { return stop; });
   });
-  {
-    std::unique_lock lk(m);
-    cv.wait(lk, [&] { return ready; });
-  }
   const unsigned cls = 10;
   const auto touched = Touched(cls);
   const int kept_private = (1 << 20) / 1024;
@@ -121,12 +122,6 @@ TEST(Reuse, ALiveThreadsPrivateListIsBounded) {
   std::thread([&] { other = AllocateBlocks(kKiB, kMany - kept_private); }).join();
   EXPECT_LE(Touched(cls) - touched, 1u) << "the owner's free slots beyond its private list were not shared";
   for (void* p : other) smalloc_free(p);
-  {
-    std::lock_guard lk(m);
-    stop = true;
-  }
-  cv.notify_all();
-  owner.join();
 }
 
 }  // namespace
