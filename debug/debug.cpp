@@ -13,7 +13,7 @@
 #include "debug_policy.hpp"
 
 namespace smalloc {
-extern Heap<DebugPolicy> g_heap;
+extern Heap<DebugPolicy, true> g_heap;
 
 namespace debug {
 namespace {

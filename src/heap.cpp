@@ -9,12 +9,9 @@
 namespace smalloc {
 
 // constinit: the heap must work before any constructor has run.
-constinit Heap<Policy> g_heap{kMaxSpanShift, /*thread_lists=*/true};
+constinit Heap<Policy, /*kProcessHeap=*/true> g_heap{kMaxSpanShift};
 
-__thread unsigned t_slab_plus_one __attribute__((tls_model("initial-exec")));
-__thread uint64_t t_own_free[kNumClasses] __attribute__((tls_model("initial-exec")));
-__thread uint16_t t_look_wait[kNumClasses] __attribute__((tls_model("initial-exec")));
-__thread uint16_t t_look_gap[kNumClasses] __attribute__((tls_model("initial-exec")));
+__thread ThreadState t_thread __attribute__((tls_model("initial-exec")));
 
 namespace {
 
@@ -34,8 +31,9 @@ pthread_key_t g_key;
 // atomic counters and no thread list, so nothing is stranded.
 void release_slab(void* value) {
   unsigned slab = unsigned(reinterpret_cast<uintptr_t>(value)) - 1;
-  t_slab_plus_one = slab + 1 + kNumSlabs;
+  t_thread.slab_plus_one = slab + 1 + kNumSlabs;
   g_heap.return_thread_lists(slab);
+  if constexpr (Policy::kStats) stats::retire_own(g_heap.layout(), slab, t_thread.counts);
   g_live_slabs.fetch_and(~(uint64_t{1} << slab), std::memory_order_release);
 }
 
@@ -51,7 +49,7 @@ void release_at_thread_exit(unsigned slab) {
   // Without the destructor the thread must not keep a list of its own, which
   // would be stranded at exit: it uses its slab as if shared (and keeps it).
   if (state != kKeyReady || pthread_setspecific(g_key, reinterpret_cast<void*>(uintptr_t{slab} + 1)) != 0)
-    t_slab_plus_one = slab + 1 + kNumSlabs;
+    t_thread.slab_plus_one = slab + 1 + kNumSlabs;
 }
 
 }  // namespace
@@ -61,14 +59,19 @@ unsigned assign_thread_slab() {
   while (~live != 0) {
     unsigned slab = unsigned(std::countr_one(live));
     if (g_live_slabs.compare_exchange_weak(live, live | (uint64_t{1} << slab), std::memory_order_acquire)) {
-      t_slab_plus_one = slab + 1;
+      t_thread.slab_plus_one = slab + 1;
       release_at_thread_exit(slab);
+      // The process heap has its memory by now (only a test heap could come
+      // first: then the thread's counts stay unpublished, and go uncounted).
+      const Layout L = g_heap.layout();
+      if (Policy::kStats && !thread_shares_slab() && L.max_class() >= kMinClass)
+        stats::publish_own(L, slab, &t_thread.counts);
       return slab;
     }
   }
   // More than 64 live threads: share slabs round-robin (the CAS keeps it safe).
   unsigned slab = g_next_shared.fetch_add(1, std::memory_order_relaxed) % kNumSlabs;
-  t_slab_plus_one = slab + 1 + kNumSlabs;
+  t_thread.slab_plus_one = slab + 1 + kNumSlabs;
   return slab;
 }
 

@@ -40,32 +40,40 @@ inline constexpr unsigned kDiscardClass = 22;  // 4 MiB
 inline constexpr size_t kGrowerMin = 64 * 1024;
 inline constexpr unsigned kGrowerClass = kDiscardClass - 1;  // 2 MiB
 
-// The thread's slab number plus one (plus kNumSlabs more if the thread shares
-// the slab with others); 0 until its first allocation.
-extern __thread unsigned t_slab_plus_one __attribute__((tls_model("initial-exec")));
+// Everything a thread keeps for the process heap, in one block of initial-exec
+// TLS: the hot paths find all of it from one thread-pointer offset.
+struct ThreadState {
+  // The thread's slab number plus one (plus kNumSlabs more if the thread
+  // shares the slab with others); 0 until its first allocation.
+  unsigned slab_plus_one;
+  // When the thread next looks in other slabs for used free slots (see
+  // Heap::allocate_untouched): after look_wait more new slots of the class.
+  uint16_t look_wait[kNumClasses];
+  uint16_t look_gap[kNumClasses];
+  // Slots of the thread's own slab that the thread itself freed, per class: a
+  // LIFO only this thread can see, so it is pushed and popped with plain loads
+  // and stores instead of a CAS on the shared head. Entries are slot numbers
+  // plus one (0 ends a list), linked through the slots like the shared lists.
+  // Only a thread that owns its slab alone keeps one, and it hands the slots
+  // back to the shared lists when it exits. The low half of an entry here is
+  // the first slot number plus one, the high half the list's length: a list
+  // holds at most kOwnListBytes (one slot if larger), the rest of the thread's
+  // frees go to the shared list, where other threads can take them too.
+  uint64_t own_free[kNumClasses];
+  // What the thread does to its own slab, counted here and published in its
+  // owner row (stats.hpp).
+  stats::OwnSlabCounters counts;
+};
+extern __thread ThreadState t_thread __attribute__((tls_model("initial-exec")));
+inline constexpr uint64_t kOwnListBytes = 1 << 20;
+
 unsigned assign_thread_slab();  // cold: takes a slab no live thread has, if any
 
 inline unsigned thread_slab() {
-  unsigned s = t_slab_plus_one;
+  unsigned s = t_thread.slab_plus_one;
   return __builtin_expect(s != 0, 1) ? (s - 1) % kNumSlabs : assign_thread_slab();
 }
-inline bool thread_shares_slab() { return t_slab_plus_one > kNumSlabs; }
-
-// Slots of the thread's own slab that the thread itself freed, per class: a
-// LIFO only this thread can see, so it is pushed and popped with plain loads
-// and stores instead of a CAS on the shared head. Entries are slot numbers
-// plus one (0 ends a list), linked through the slots like the shared lists.
-// Only a thread that owns its slab alone keeps one, and it hands the slots
-// back to the shared lists when it exits. The low half of an entry here is
-// the first slot number plus one, the high half the list's length: a list
-// holds at most kOwnListBytes (one slot if larger), the rest of the thread's
-// frees go to the shared list, where other threads can take them too.
-extern __thread uint64_t t_own_free[kNumClasses] __attribute__((tls_model("initial-exec")));
-inline constexpr uint64_t kOwnListBytes = 1 << 20;
-// When the thread next looks in other slabs for used free slots (see
-// Heap::allocate_untouched): after t_look_wait more new slots of the class.
-extern __thread uint16_t t_look_wait[kNumClasses] __attribute__((tls_model("initial-exec")));
-extern __thread uint16_t t_look_gap[kNumClasses] __attribute__((tls_model("initial-exec")));
+inline bool thread_shares_slab() { return t_thread.slab_plus_one > kNumSlabs; }
 
 // What a policy's on_free decided: whether the free was valid (and counts),
 // and the slot to put back on its free list now, if any.
@@ -80,16 +88,15 @@ struct alignas(kHeadBytes) FreeListHead {
 inline constexpr uint64_t kCountOne = uint64_t{1} << 32;
 inline constexpr uint64_t kCountMask = ~uint64_t{0} << 32;
 
-template <class Policy>
+// kProcessHeap: the process's one heap, the only one that may keep state in
+// t_thread (which is per thread, not per heap); test heaps keep none.
+template <class Policy, bool kProcessHeap = false>
 class Heap {
  public:
   using Where = Layout::Where;
 
   // span_shift: the largest layout to try; tests pass a small one.
-  // thread_lists: keep t_own_free for this heap. The lists are per thread, not
-  // per heap, so only the process's one heap may use them.
-  constexpr explicit Heap(unsigned span_shift = kMaxSpanShift, bool thread_lists = false)
-      : preferred_span_shift_(span_shift), thread_lists_(thread_lists) {}
+  constexpr explicit Heap(unsigned span_shift = kMaxSpanShift) : preferred_span_shift_(span_shift) {}
 
   // ---- hot paths -----------------------------------------------------------
   // Written so that everything that calls out (first use, shared slabs, big
@@ -100,13 +107,15 @@ class Heap {
 
   [[gnu::always_inline]] void* allocate_in(unsigned cls, size_t size, size_t align, Kind kind, bool zero) {
     const Layout L = layout();
-    const unsigned slab = t_slab_plus_one - 1;  // >= kNumSlabs if not assigned yet, or shared
+    const unsigned slab = t_thread.slab_plus_one - 1;  // >= kNumSlabs if not assigned yet, or shared
     if (__builtin_expect(cls <= L.max_class() && slab < kNumSlabs, 1)) {
-      if (uint64_t own = t_own_free[cls]; own != 0 && thread_lists_) {
-        char* slot = L.slot(cls, slab, uint32_t(own) - 1);
-        t_own_free[cls] = ((own >> 32) - 1) << 32 | Policy::read_link(slot);
-        count_allocation(L, slab, cls, slab, size, false, false);
-        return finish(slot, cls, size, align, kind, zero, false);
+      if constexpr (kProcessHeap) {
+        if (uint64_t own = t_thread.own_free[cls]; own != 0) {
+          char* slot = L.slot(cls, slab, uint32_t(own) - 1);
+          t_thread.own_free[cls] = ((own >> 32) - 1) << 32 | Policy::read_link(slot);
+          count_allocation(L, slab, cls, slab, size, false, false);
+          return finish(slot, cls, size, align, kind, zero, false);
+        }
       }
       bool fresh;
       if (char* slot = pop<false>(L, cls, slab, fresh); __builtin_expect(slot != nullptr, 1)) {
@@ -123,17 +132,23 @@ class Heap {
     Where w;
     if (__builtin_expect(!L.locate(p, w), 0)) return Policy::free_foreign(p, kind);
     const Released r = Policy::on_free(*this, L, w, p, kind);
-    const unsigned me = t_slab_plus_one - 1;  // >= kNumSlabs if not assigned yet, or shared
+    const unsigned me = t_thread.slab_plus_one - 1;  // >= kNumSlabs if not assigned yet, or shared
     if (__builtin_expect(me < kNumSlabs, 1)) {
       if constexpr (Policy::kStats) {
-        if (r.valid) stats::add(stats::area(L).owner[me].slab[w.cls][w.slab].frees, 1, false);
+        if (r.valid) {
+          if (kProcessHeap && w.slab == me)
+            stats::add(t_thread.counts.frees[w.cls], 1, false);
+          else
+            stats::add(stats::area(L).owner[me].slab[w.cls][w.slab].frees, 1, false);
+        }
       }
-      const uint64_t own = t_own_free[w.cls];
-      if (r.slot && w.slab == me && w.cls < kDiscardClass && ((own >> 32) << w.cls) < kOwnListBytes &&
-          thread_lists_) {
-        Policy::write_link(r.slot, uint32_t(own));
-        t_own_free[w.cls] = ((own >> 32) + 1) << 32 | (w.index + 1);
-        return;
+      if constexpr (kProcessHeap) {
+        const uint64_t own = t_thread.own_free[w.cls];
+        if (r.slot && w.slab == me && w.cls < kDiscardClass && ((own >> 32) << w.cls) < kOwnListBytes) {
+          Policy::write_link(r.slot, uint32_t(own));
+          t_thread.own_free[w.cls] = ((own >> 32) + 1) << 32 | (w.index + 1);
+          return;
+        }
       }
     } else {
       return free_from_shared_row(L, w, r);
@@ -202,13 +217,13 @@ class Heap {
   void return_thread_lists(unsigned slab) {
     const Layout L = layout();
     for (unsigned cls = kMinClass; cls <= L.max_class() && cls < kNumClasses; ++cls) {
-      for (uint32_t next = uint32_t(t_own_free[cls]); next != 0;) {
+      for (uint32_t next = uint32_t(t_thread.own_free[cls]); next != 0;) {
         const Where w{cls, slab, next - 1};
         char* slot = L.slot(cls, slab, next - 1);
         next = Policy::read_link(slot);
         push(L, w, slot);
       }
-      t_own_free[cls] = 0;
+      t_thread.own_free[cls] = 0;
     }
   }
 
@@ -271,13 +286,20 @@ class Heap {
     if (r.slot) recycle(L, w, r.slot);
   }
 
+  // Counted by the allocating thread: what it takes from its own slab in its
+  // thread state, the rest in its owner row.
   [[gnu::always_inline]] static void count_allocation(const Layout& L, unsigned owner, unsigned cls, unsigned slab,
                                                       size_t size, bool fresh, bool shared) {
     if constexpr (Policy::kStats) {
       stats::SlabCounters& c = stats::area(L).owner[owner].slab[cls][slab];
-      stats::add(c.allocations, 1, shared);
       if (fresh) stats::add(c.fresh, 1, shared);
-      stats::add(c.bytes_requested, size, shared);
+      if (kProcessHeap && slab == owner && !shared) {
+        stats::add(t_thread.counts.allocations[cls], 1, false);
+        stats::add(t_thread.counts.bytes_requested[cls], size, false);
+      } else {
+        stats::add(c.allocations, 1, shared);
+        stats::add(c.bytes_requested, size, shared);
+      }
     }
   }
 
@@ -302,25 +324,25 @@ class Heap {
   static constexpr uint16_t kMaxLookGap = 1024;
   [[gnu::noinline]] void* allocate_untouched(size_t size, size_t align, Kind kind, bool zero, unsigned cls) {
     const Layout L = layout();
-    const unsigned home = t_slab_plus_one - 1;
+    const unsigned home = t_thread.slab_plus_one - 1;
     bool fresh;
-    if (t_look_wait[cls] == 0) {
+    if (t_thread.look_wait[cls] == 0) {
       for (unsigned k = 1; k < kNumSlabs; ++k) {
         const unsigned slab = (home + k) % kNumSlabs;
         const uint64_t word = L.head<FreeListHead>(cls, slab).word.load(std::memory_order_relaxed);
         if (!(uint32_t(word) & kTouched)) continue;
         if (char* slot = pop<false>(L, cls, slab, fresh)) {
-          t_look_gap[cls] = 0;
+          t_thread.look_gap[cls] = 0;
           count_allocation(L, home, cls, slab, size, false, false);
           if constexpr (Policy::kStats) stats::add(stats::area(L).owner[home].events[cls].failovers, 1, false);
           return finish(slot, cls, size, align, kind, zero, false);
         }
       }
-      const uint16_t gap = t_look_gap[cls];
-      t_look_gap[cls] = gap == 0 ? 1 : gap < kMaxLookGap ? uint16_t(2 * gap) : kMaxLookGap;
-      t_look_wait[cls] = t_look_gap[cls];
+      const uint16_t gap = t_thread.look_gap[cls];
+      t_thread.look_gap[cls] = gap == 0 ? 1 : gap < kMaxLookGap ? uint16_t(2 * gap) : kMaxLookGap;
+      t_thread.look_wait[cls] = t_thread.look_gap[cls];
     } else {
-      --t_look_wait[cls];
+      --t_thread.look_wait[cls];
     }
     if (char* slot = pop(L, cls, home, fresh)) {
       count_allocation(L, home, cls, home, size, fresh, false);
@@ -333,6 +355,10 @@ class Heap {
                                                    unsigned cls) {
     Layout L = layout();
     if (L.max_class() < kMinClass) L = initialise();
+    if (L.max_class() < kMinClass) {  // no address space: and no slab for the thread yet
+      errno = ENOMEM;
+      return nullptr;
+    }
     const unsigned home = thread_slab();
     for (unsigned c = cls; c <= L.max_class(); ++c) {
       for (unsigned k = 0; k < kNumSlabs; ++k) {
@@ -365,7 +391,6 @@ class Heap {
 
   std::atomic<uintptr_t> layout_{Layout::kUninitialised};
   unsigned preferred_span_shift_;
-  bool thread_lists_;
 };
 
 }  // namespace smalloc

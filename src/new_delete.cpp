@@ -6,7 +6,7 @@
 #include SMALLOC_POLICY_HEADER
 
 namespace smalloc {
-extern Heap<Policy> g_heap;
+extern Heap<Policy, true> g_heap;
 }
 
 using smalloc::g_heap;

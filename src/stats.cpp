@@ -3,6 +3,8 @@
 // that asks for the endpoint ever loads.
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -15,7 +17,7 @@
 #include SMALLOC_POLICY_HEADER
 
 namespace smalloc {
-extern Heap<Policy> g_heap;
+extern Heap<Policy, true> g_heap;
 }
 
 using namespace smalloc;
@@ -43,40 +45,97 @@ unsigned long long resident_bytes() {
   return field ? strtoull(field + 1, nullptr, 10) * uint64_t(sysconf(_SC_PAGESIZE)) : 0;
 }
 
-void fill_class(const Layout& L, unsigned cls, smalloc_class_stats& out) {
+// Owner `slab`'s own-slab counters: what its earlier owners folded into the
+// row, plus the live owner's, all frees before any allocation. A fold under
+// way or finished meanwhile makes it read again.
+void add_own(stats::OwnerRow& row, stats::OwnSlabCounters& sum) {
+  for (;;) {
+    const uint32_t folds = row.folds.load(std::memory_order_acquire);
+    if (folds & 1) {
+      sched_yield();
+      continue;
+    }
+    stats::OwnSlabCounters got;
+    row.readers.fetch_add(1, std::memory_order_seq_cst);
+    const stats::OwnSlabCounters* live = row.live.load(std::memory_order_seq_cst);
+    for (unsigned c = 0; c < kNumClasses; ++c)
+      got.frees[c] = stats::read(row.retired.frees[c]) + (live ? stats::read(live->frees[c]) : 0);
+    for (unsigned c = 0; c < kNumClasses; ++c) {
+      got.allocations[c] = stats::read(row.retired.allocations[c]) + (live ? stats::read(live->allocations[c]) : 0);
+      got.bytes_requested[c] =
+          stats::read(row.retired.bytes_requested[c]) + (live ? stats::read(live->bytes_requested[c]) : 0);
+    }
+    row.readers.fetch_sub(1, std::memory_order_acq_rel);
+    if (row.folds.load(std::memory_order_acquire) != folds) continue;
+    for (unsigned c = 0; c < kNumClasses; ++c) {
+      sum.frees[c] += got.frees[c];
+      sum.allocations[c] += got.allocations[c];
+      sum.bytes_requested[c] += got.bytes_requested[c];
+    }
+    return;
+  }
+}
+
+// In a fork child, the threads that were reading rows or folding into them
+// are gone; left as they were, the row's next owner would wait for them at exit.
+void forget_readers() {
+  const Layout L = g_heap.layout();
+  if (L.max_class() < kMinClass) return;
+  for (stats::OwnerRow& row : stats::area(L).owner) {
+    row.readers.store(0, std::memory_order_relaxed);
+    if (row.folds.load(std::memory_order_relaxed) & 1) row.folds.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+void fill_layout(const Layout& L, unsigned cls, smalloc_class_stats& out) {
   out.size_class = cls;
   out.slot_size = 1ull << cls;
   out.slots_per_slab = L.slots_per_slab(cls);
   out.capacity = out.slots_per_slab * kNumSlabs;
-  if constexpr (!Policy::kStats) return;
-  const stats::Area& area = stats::area(L);
+  for (smalloc_slab_stats& s : out.slabs) s.capacity = out.slots_per_slab;
+}
+
+// Frees are read before allocations, wherever either was counted: every free
+// read had its allocation counted before it, so in use never goes negative.
+void fill_counters(const Layout& L, smalloc_stats& out) {
+  stats::Area& area = stats::area(L);
+  const unsigned max = L.max_class();
+  for (unsigned cls = kMinClass; cls <= max; ++cls)
+    for (unsigned slab = 0; slab < kNumSlabs; ++slab)
+      for (const auto& row : area.owner) out.classes[cls].slabs[slab].frees += stats::read(row.slab[cls][slab].frees);
   for (unsigned slab = 0; slab < kNumSlabs; ++slab) {
-    // Frees first: every free read here had its allocation counted before it.
-    uint64_t frees = 0, allocations = 0, fresh = 0, requested = 0;
-    for (const auto& row : area.owner) frees += stats::read(row.slab[cls][slab].frees);
-    for (const auto& row : area.owner) {
-      const stats::SlabCounters& c = row.slab[cls][slab];
-      allocations += stats::read(c.allocations);
-      requested += stats::read(c.bytes_requested);
+    stats::OwnSlabCounters own{};
+    add_own(area.owner[slab], own);
+    for (unsigned cls = kMinClass; cls <= max; ++cls) {
+      out.classes[cls].slabs[slab].frees += own.frees[cls];
+      out.classes[cls].slabs[slab].allocations += own.allocations[cls];
+      out.classes[cls].bytes_requested_total += own.bytes_requested[cls];
     }
-    for (const auto& row : area.owner) fresh += stats::read(row.slab[cls][slab].fresh);
-    smalloc_slab_stats& s = out.slabs[slab];
-    s.capacity = out.slots_per_slab;
-    s.allocations = allocations;
-    s.frees = frees;
-    s.touched = std::min<uint64_t>(fresh, s.capacity);
-    // A block freed and reallocated between the reads above is counted in
-    // allocations but not yet in frees; no more can be in use than touched.
-    s.in_use = std::min<uint64_t>(allocations - frees, s.touched);
-    out.in_use += s.in_use;
-    out.touched += s.touched;
-    out.allocations += allocations;
-    out.frees += frees;
-    out.bytes_requested_total += requested;
   }
-  for (const auto& row : area.owner) {
-    out.failovers += stats::read(row.events[cls].failovers);
-    out.overflows += stats::read(row.events[cls].overflows);
+  for (unsigned cls = kMinClass; cls <= max; ++cls) {
+    smalloc_class_stats& c = out.classes[cls];
+    for (unsigned slab = 0; slab < kNumSlabs; ++slab) {
+      smalloc_slab_stats& s = c.slabs[slab];
+      uint64_t fresh = 0;
+      for (const auto& row : area.owner) {
+        const stats::SlabCounters& counters = row.slab[cls][slab];
+        s.allocations += stats::read(counters.allocations);
+        c.bytes_requested_total += stats::read(counters.bytes_requested);
+        fresh += stats::read(counters.fresh);
+      }
+      s.touched = std::min<uint64_t>(fresh, s.capacity);
+      // A block freed and reallocated between the reads above is counted in
+      // allocations but not yet in frees; no more can be in use than touched.
+      s.in_use = std::min<uint64_t>(s.allocations - s.frees, s.touched);
+      c.in_use += s.in_use;
+      c.touched += s.touched;
+      c.allocations += s.allocations;
+      c.frees += s.frees;
+    }
+    for (const auto& row : area.owner) {
+      c.failovers += stats::read(row.events[cls].failovers);
+      c.overflows += stats::read(row.events[cls].overflows);
+    }
   }
 }
 
@@ -87,6 +146,31 @@ void fill_class(const Layout& L, unsigned cls, smalloc_class_stats& out) {
 }
 
 }  // namespace
+
+namespace smalloc::stats {
+
+void publish_own(const Layout& L, unsigned slab, const OwnSlabCounters* own) {
+  area(L).owner[slab].live.store(own, std::memory_order_release);
+}
+
+void retire_own(const Layout& L, unsigned slab, const OwnSlabCounters& own) {
+  if (L.max_class() < kMinClass) return;  // no heap, nothing published
+  OwnerRow& row = area(L).owner[slab];
+  if (row.live.load(std::memory_order_relaxed) != &own) return;  // never published
+  row.folds.fetch_add(1, std::memory_order_acq_rel);               // odd: readers wait
+  for (unsigned c = 0; c < kNumClasses; ++c) {
+    add(row.retired.frees[c], own.frees[c], false);
+    add(row.retired.allocations[c], own.allocations[c], false);
+    add(row.retired.bytes_requested[c], own.bytes_requested[c], false);
+  }
+  row.live.store(nullptr, std::memory_order_seq_cst);
+  row.folds.fetch_add(1, std::memory_order_release);
+  // A reader that saw the pointer holds `readers` up while it reads: the
+  // thread's TLS must outlive that.
+  while (row.readers.load(std::memory_order_seq_cst) != 0) sched_yield();
+}
+
+}  // namespace smalloc::stats
 
 extern "C" __attribute__((visibility("default"))) int smalloc_stats_snapshot(smalloc_stats* out) noexcept {
   std::memset(out, 0, sizeof *out);
@@ -102,7 +186,12 @@ extern "C" __attribute__((visibility("default"))) int smalloc_stats_snapshot(sma
   out->span_shift = L.span_shift;
   out->max_class = L.max_class();
   out->reserved_bytes = L.size();
-  for (unsigned cls = kMinClass; cls <= L.max_class(); ++cls) fill_class(L, cls, out->classes[cls]);
+  for (unsigned cls = kMinClass; cls <= L.max_class(); ++cls) fill_layout(L, cls, out->classes[cls]);
+  if constexpr (Policy::kStats) {
+    static const bool forget_readers_in_children = pthread_atfork(nullptr, nullptr, forget_readers) == 0;
+    (void)forget_readers_in_children;
+    fill_counters(L, *out);
+  }
   return 0;
 }
 

@@ -1,10 +1,13 @@
 // Occupancy counters, kept by the heap when the policy asks for them.
 //
 // Every live thread owns a slab number (heap.cpp), so counters are kept per
-// *owner*: a thread adds to its own row only, with a plain load and store to
-// lines no other thread writes. A reader sums the 64 rows. Frees are counted
-// by the freeing thread, in its row, against the slab the block came from.
-// Threads beyond the 64th share rows and use atomic adds instead.
+// *owner*, and each has one writer. What a thread does to its own slab (nearly
+// everything) it counts in its thread state (t_thread.counts), one add at a
+// fixed offset from the thread pointer; the owner row publishes where that
+// is, and an exiting owner folds it into the row. Everything else (blocks of
+// other slabs, slots never touched before, fail-overs) is counted in the
+// row's tables, against the slab concerned. Threads beyond the 64th share
+// rows and use atomic adds. A reader sums the 64 rows.
 //
 // The rows live in area 0 after the free-list heads: zero pages until used.
 #pragma once
@@ -23,6 +26,13 @@ struct SlabCounters {
   uint64_t bytes_requested;  // what callers asked for, against slot bytes handed out
 };
 
+// What a slab's owner does to its own slab: indexed by class alone, so that
+// the hot path reaches a counter with one add to thread-local memory.
+// Touched slots are counted on the cold path, in SlabCounters::fresh.
+struct OwnSlabCounters {
+  uint64_t allocations[kNumClasses], frees[kNumClasses], bytes_requested[kNumClasses];
+};
+
 // Requests of a class served by another slab than the thread's, or by a
 // larger class: counted by the requesting thread in its own row too.
 struct ClassEvents {
@@ -30,7 +40,13 @@ struct ClassEvents {
 };
 
 struct alignas(64) OwnerRow {
-  SlabCounters slab[kNumClasses][kNumSlabs];
+  // The live owner's OwnSlabCounters (in its TLS), or null. Readers of it
+  // are counted so that an exiting owner can wait until its TLS is no longer
+  // read; `folds` is odd while the owner adds it to `retired`.
+  std::atomic<const OwnSlabCounters*> live;
+  std::atomic<uint32_t> readers, folds;
+  OwnSlabCounters retired;                    // what the row's earlier owners counted in theirs
+  SlabCounters slab[kNumClasses][kNumSlabs];  // every slab, by the other paths
   ClassEvents events[kNumClasses];
 };
 
@@ -45,18 +61,27 @@ static_assert(kHeadsBytes + sizeof(Area) <= Layout::area_bytes(kMinSpanShift),
 
 inline Area& area(const Layout& L) { return *reinterpret_cast<Area*>(L.base + kHeadsBytes); }
 
-// Release stores: a reader that sees a free (acquire) also sees the
-// allocation that preceded it, wherever that was counted.
+// A counter of a row that is not shared has one writer, who adds with a plain
+// load-add-store: one instruction (x86-64: `addq` to memory, even at an
+// offset from the thread pointer, where an atomic_ref makes three). Readers
+// load it atomically while it may change, which C++ calls a race; what they
+// rely on is what every 64-bit target gives an aligned word: a store is never
+// seen torn, and (x86-64, AArch64 with the reader's acquire) a reader that
+// sees a free also sees the allocation counted before it.
 inline void add(uint64_t& counter, uint64_t n, bool shared_row) {
-  std::atomic_ref<uint64_t> c(counter);
   if (__builtin_expect(shared_row, 0))
-    c.fetch_add(n, std::memory_order_release);
+    std::atomic_ref<uint64_t>(counter).fetch_add(n, std::memory_order_release);
   else
-    c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_release);
+    counter += n;
 }
 
 inline uint64_t read(const uint64_t& counter) {
   return std::atomic_ref<const uint64_t>(counter).load(std::memory_order_acquire);
 }
+
+// A thread that takes slab `slab` for itself publishes its counters; at exit
+// it folds them into the row and waits until no reader is looking at them.
+void publish_own(const Layout& L, unsigned slab, const OwnSlabCounters* own);
+void retire_own(const Layout& L, unsigned slab, const OwnSlabCounters& own);
 
 }  // namespace smalloc::stats

@@ -6,7 +6,10 @@ smalloc, interleaved, one process per run, ratios taken within a repetition.
                       --bin-dir build/tests/bench
       occupancy counters on (SMALLOC_STATS=ON, the default) against off:
       micro/pairs-small, micro/batch-random, threads/local-1, threads/local-4,
-      threads/prodcons-4; prints OFF/ON (below 1: the counters cost time)
+      threads/prodcons-4; prints OFF/ON (below 1: the counters cost time).
+      Then, unless --no-instructions, the instructions each build executes on
+      the same workloads (one run each under valgrind --tool=callgrind):
+      repeatable where times on a shared machine are not.
 
   build_cost.py debug --release build/libsmalloc.so --debug build/libsmalloc-debug.so \\
                       --bin-dir build/tests/bench
@@ -46,6 +49,7 @@ VALGRIND_WORKLOAD = "micro/pairs-small"
 # ~15 s on the 2-core reference machine, memcheck with libsmalloc-debug ~2 min.
 VALGRIND_N = 1000000
 ERROR_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) errors")
+COLLECTED = re.compile(r"Collected : (\d+)")
 
 
 def pick(names, size, scale, bin_dir):
@@ -157,6 +161,36 @@ def cmd_stats(args):
     res = measure([("ON", on, []), ("OFF", off, [])], works, args.reps, args.timeout, spawn_helper(args.bin_dir))
     problems = report(res, ["ON", "OFF"], "ON",
                       "stats counters: OFF/ON below 1 means the counters cost time (cost = ON/OFF - 1)")
+    if not args.no_instructions:
+        problems += instruction_counts(works, [("ON", on), ("OFF", off)], args.timeout * 100)
+    return problems
+
+
+def instruction_counts(works, libs, timeout):
+    """Instructions executed, user space, per build: one callgrind run each."""
+    valgrind = shutil.which("valgrind")
+    if not valgrind:
+        return ["valgrind not found (Debian: valgrind): no instruction counts"]
+    vg = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    print("\n== instructions executed (valgrind --tool=callgrind, one run each); "
+          "threaded workloads vary a little with scheduling")
+    print(f"{'workload':20} {'ON':>14} {'OFF':>14}  ON/OFF")
+    problems, ratios = [], []
+    for name, argv, env in works:
+        counts = {}
+        for label, lib in libs:
+            r = run_bench.run_once(vg + argv, lib, run_bench.child_env(env), timeout, None)
+            m = COLLECTED.findall(r["stderr_tail"])
+            if r["status"] != "ok" or not m:
+                problems.append(f"{name} [{label}] under callgrind: {r['status']}\n{r['stderr_tail'][-600:]}")
+                break
+            counts[label] = int(m[-1])
+        if len(counts) == len(libs):
+            ratio = counts["ON"] / counts["OFF"]
+            ratios.append(ratio)
+            print(f"{name:20} {counts['ON']:>14,} {counts['OFF']:>14,}  {ratio:.3f}")
+    if ratios:
+        print(f"{'geometric mean':50} {math.exp(sum(map(math.log, ratios)) / len(ratios)):.3f}")
     return problems
 
 
@@ -216,6 +250,7 @@ def main():
     s = sub.add_parser("stats", parents=[common], help="SMALLOC_STATS=ON against OFF")
     s.add_argument("--on", required=True, help="libsmalloc.so built with SMALLOC_STATS=ON")
     s.add_argument("--off", required=True, help="libsmalloc.so built with SMALLOC_STATS=OFF")
+    s.add_argument("--no-instructions", action="store_true", help="skip the callgrind instruction counts")
     d = sub.add_parser("debug", parents=[common], help="debug against release, natively and under valgrind")
     d.add_argument("--release", required=True, help="libsmalloc.so")
     d.add_argument("--debug", required=True, help="libsmalloc-debug.so")

@@ -151,6 +151,38 @@ TEST(Stats, AFullClassCountsOverflows) {
   for (void* p : blocks) smalloc_free(p);
 }
 
+// A thread counts what it does to its own slab in its own thread state; at
+// exit that must reach the row, not vanish with the thread.
+TEST(Stats, CountsOfThreadsThatExitedStay) {
+  constexpr int kThreads = 6, kBlocks = 300, kKept = 100;
+  void* probe = smalloc_malloc(200);
+  const unsigned cls = ClassOf(probe);
+  smalloc_free(probe);
+  auto before = Snapshot();
+  std::vector<std::vector<void*>> kept(kThreads);
+  for (int round = 0; round < 2; ++round) {  // the second round's threads take the same slabs
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t)
+      threads.emplace_back([&, t] {
+        std::vector<void*> blocks;
+        for (int i = 0; i < kBlocks; ++i) blocks.push_back(smalloc_malloc(200));
+        for (int i = kKept; i < kBlocks; ++i) smalloc_free(blocks[i]);
+        kept[t].insert(kept[t].end(), blocks.begin(), blocks.begin() + kKept);
+      });
+    for (auto& t : threads) t.join();
+  }
+  auto after = Snapshot();
+  const Totals b = ClassTotals(*before, cls), a = ClassTotals(*after, cls);
+  EXPECT_EQ(a.allocations - b.allocations, 2ull * kThreads * kBlocks);
+  EXPECT_EQ(a.frees - b.frees, 2ull * kThreads * (kBlocks - kKept));
+  EXPECT_EQ(a.in_use - b.in_use, 2ull * kThreads * kKept);
+  for (auto& blocks : kept)
+    for (void* p : blocks) smalloc_free(p);  // by the main thread: counted against their slabs
+  auto freed = Snapshot();
+  EXPECT_EQ(ClassTotals(*freed, cls).in_use, b.in_use);
+  EXPECT_EQ(ClassTotals(*freed, cls).frees - b.frees, 2ull * kThreads * kBlocks);
+}
+
 // Readers must never see an impossible snapshot while writers run.
 TEST(Stats, ConcurrentReadersSeeNoTornOrImpossibleValues) {
   std::atomic<bool> stop{false};
@@ -174,6 +206,15 @@ TEST(Stats, ConcurrentReadersSeeNoTornOrImpossibleValues) {
       for (void* p : live) smalloc_free(p);
     });
   }
+  // Threads that come and go: each exit folds the thread's counts into its
+  // row while the readers below look at them.
+  writers.emplace_back([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      std::thread([] {
+        for (int i = 0; i < 200; ++i) smalloc_free(smalloc_malloc(size_t(16) << (i % 8)));
+      }).join();
+    }
+  });
   auto previous = Snapshot();
   auto current = std::make_unique<smalloc_stats>();
   for (int round = 0; round < 300; ++round) {
