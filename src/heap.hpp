@@ -50,6 +50,7 @@ struct ThreadState {
   // Heap::allocate_untouched): after look_wait more new slots of the class.
   uint16_t look_wait[kNumClasses];
   uint16_t look_gap[kNumClasses];
+  uint8_t look_from[kNumClasses];  // the slab where the last look found one: look there first
   // Slots of the thread's own slab that the thread itself freed, per class: a
   // LIFO only this thread can see, so it is pushed and popped with plain loads
   // and stores instead of a CAS on the shared head. Entries are slot numbers
@@ -320,19 +321,22 @@ class Heap {
   // grows to its own owner's peak while free memory sits in the others (the
   // producer/consumer and server patterns). Looking costs a read of 63 heads,
   // so a thread that found nothing looks again only after twice as many new
-  // slots as last time (up to kMaxLookGap); finding something resets that.
+  // slots as last time (up to kMaxLookGap); finding something resets that,
+  // and the next look starts where this one found it.
   static constexpr uint16_t kMaxLookGap = 1024;
   [[gnu::noinline]] void* allocate_untouched(size_t size, size_t align, Kind kind, bool zero, unsigned cls) {
     const Layout L = layout();
     const unsigned home = t_thread.slab_plus_one - 1;
     bool fresh;
     if (t_thread.look_wait[cls] == 0) {
-      for (unsigned k = 1; k < kNumSlabs; ++k) {
-        const unsigned slab = (home + k) % kNumSlabs;
+      const unsigned start = t_thread.look_from[cls];
+      for (unsigned k = 0; k < kNumSlabs; ++k) {
+        const unsigned slab = (start + k) % kNumSlabs;
         const uint64_t word = L.head<FreeListHead>(cls, slab).word.load(std::memory_order_relaxed);
-        if (!(uint32_t(word) & kTouched)) continue;
+        if (slab == home || !(uint32_t(word) & kTouched)) continue;
         if (char* slot = pop<false>(L, cls, slab, fresh)) {
           t_thread.look_gap[cls] = 0;
+          t_thread.look_from[cls] = uint8_t(slab);
           count_allocation(L, home, cls, slab, size, false, false);
           if constexpr (Policy::kStats) stats::add(stats::area(L).owner[home].events[cls].failovers, 1, false);
           return finish(slot, cls, size, align, kind, zero, false);
