@@ -33,6 +33,11 @@ enum class Kind : uint8_t { Malloc, New, NewArray };
 // Slots this large are discarded (given back to the OS) when freed; they are
 // then zero but for the link, which calloc exploits.
 inline constexpr unsigned kDiscardClass = 22;  // 4 MiB
+// Except one: the last freed slot of this class is kept as it is (and the one
+// kept before it discarded instead), so that a buffer of that size freed and
+// allocated again in a loop does not fault all its pages in every time. What
+// that keeps resident is bounded by one slot.
+inline constexpr unsigned kKeptClass = kDiscardClass;
 // Blocks that realloc moves past this size jump straight to kGrowerClass so
 // that further growth stays in place; only touched pages cost memory. Just
 // below kDiscardClass, so that a freed grower's pages are reused, not
@@ -109,7 +114,7 @@ class Heap {
   [[gnu::always_inline]] void* allocate_in(unsigned cls, size_t size, size_t align, Kind kind, bool zero) {
     const Layout L = layout();
     const unsigned slab = t_thread.slab_plus_one - 1;  // >= kNumSlabs if not assigned yet, or shared
-    if (__builtin_expect(cls <= L.max_class() && slab < kNumSlabs, 1)) {
+    if (__builtin_expect(cls <= L.max_class() && slab < kNumSlabs && cls != kKeptClass, 1)) {
       if constexpr (kProcessHeap) {
         if (uint64_t own = t_thread.own_free[cls]; own != 0) {
           char* slot = L.slot(cls, slab, uint32_t(own) - 1);
@@ -209,9 +214,19 @@ class Heap {
     return Layout::decode(word);
   }
 
-  // malloc_trim: the release build has nothing to give back that free() has
-  // not already; the debug build empties its quarantine.
-  int trim() { return Policy::trim(*this); }
+  // malloc_trim: gives back the kept slot (free() has given back the rest);
+  // the debug build also empties its quarantine.
+  int trim() {
+    const Layout L = layout();
+    int released = 0;
+    Where w{};
+    if (char* slot = kept_.exchange(nullptr, std::memory_order_acq_rel); slot && L.locate(slot, w)) {
+      pal::discard(slot, size_t{1} << w.cls);
+      push(L, w, slot);
+      released = 1;
+    }
+    return Policy::trim(*this) | released;
+  }
 
   // At thread exit: the thread's own free slots go back to the shared lists,
   // where the slab's next owner (or any thread failing over) finds them.
@@ -274,7 +289,11 @@ class Heap {
   }
 
   // By value, so that the hot path's Layout and Where stay in registers.
-  [[gnu::noinline, gnu::cold]] static void discard_and_push(const Layout L, const Where w, char* slot) {
+  [[gnu::noinline, gnu::cold]] void discard_and_push(const Layout L, Where w, char* slot) {
+    if (w.cls == kKeptClass) {
+      slot = kept_.exchange(slot, std::memory_order_acq_rel);
+      if (!slot || !L.locate(slot, w)) return;
+    }
     pal::discard(slot, size_t{1} << w.cls);
     push(L, w, slot);
   }
@@ -364,6 +383,15 @@ class Heap {
       return nullptr;
     }
     const unsigned home = thread_slab();
+    if (cls == kKeptClass) {
+      Where w{};
+      if (char* slot = kept_.exchange(nullptr, std::memory_order_acq_rel); slot && L.locate(slot, w)) {
+        count_allocation(L, home, cls, w.slab, size, false, thread_shares_slab());
+        void* p = Policy::on_alloc(slot, cls, size, align, kind, false, zero);
+        if (zero) std::memset(p, 0, size);  // not discarded: not zero
+        return p;
+      }
+    }
     for (unsigned c = cls; c <= L.max_class(); ++c) {
       for (unsigned k = 0; k < kNumSlabs; ++k) {
         bool fresh;
@@ -394,6 +422,7 @@ class Heap {
   }
 
   std::atomic<uintptr_t> layout_{Layout::kUninitialised};
+  std::atomic<char*> kept_{nullptr};  // a free slot of kKeptClass, not discarded, on no list
   unsigned preferred_span_shift_;
 };
 

@@ -1,11 +1,15 @@
 // Memory that is free gets used again before new memory is touched, whichever
 // thread freed it: a thread's private free lists go back to its slab when it
 // exits, and a thread whose slab has no used free slot takes one from another
-// slab. Linked to the prefixed library, so only these calls use the heap.
+// slab; a freed 4 MiB buffer is allocated again without faulting its pages in
+// anew, while no more than one such buffer stays resident. Linked to the prefixed library, so only these calls use the heap.
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <condition_variable>
+#include <cstring>
 #include <mutex>
 #include <memory>
 #include <set>
@@ -122,6 +126,37 @@ TEST(Reuse, ALiveThreadsPrivateListIsBounded) {
   std::thread([&] { other = AllocateBlocks(kKiB, kMany - kept_private); }).join();
   EXPECT_LE(Touched(cls) - touched, 1u) << "the owner's free slots beyond its private list were not shared";
   for (void* p : other) smalloc_free(p);
+}
+
+// Pages of [p, p + n) that are resident.
+size_t ResidentPages(void* p, size_t n) {
+  const size_t page = size_t(sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> v(n / page);
+  EXPECT_EQ(mincore(p, n, v.data()), 0);
+  return size_t(std::count_if(v.begin(), v.end(), [](unsigned char c) { return c & 1; }));
+}
+
+TEST(Reuse, TheLastFreedFourMiBBufferIsKeptResidentAndOnlyThatOne) {
+  constexpr size_t kBig = size_t{3} << 20;  // the 4 MiB class
+  char* a = static_cast<char*>(smalloc_malloc(kBig));
+  char* b = static_cast<char*>(smalloc_malloc(kBig));
+  ASSERT_TRUE(a && b);
+  memset(a, 1, kBig);
+  memset(b, 2, kBig);
+  smalloc_free(a);
+  EXPECT_GE(ResidentPages(a, size_t{4} << 20), kBig / size_t(sysconf(_SC_PAGESIZE))) << "the freed buffer is kept";
+  smalloc_free(b);  // b is kept now, and a given back
+  // All but the page that holds its free-list link:
+  EXPECT_LE(ResidentPages(a, size_t{4} << 20), 1u) << "only one freed buffer stays resident";
+  char* again = static_cast<char*>(smalloc_malloc(kBig));
+  EXPECT_EQ(again, b) << "the kept buffer is the next one handed out";
+  smalloc_free(again);
+  void* zeroed = smalloc_calloc(1, kBig);  // the kept buffer again: calloc must clear it
+  ASSERT_EQ(zeroed, again);
+  EXPECT_EQ(std::count(static_cast<char*>(zeroed), static_cast<char*>(zeroed) + kBig, 0), std::ptrdiff_t(kBig));
+  smalloc_free(zeroed);
+  smalloc_malloc_trim(0);  // gives the kept one back too
+  EXPECT_LE(ResidentPages(again, size_t{4} << 20), 1u);
 }
 
 }  // namespace
