@@ -22,6 +22,10 @@ namespace {
 constinit std::atomic<uint64_t> g_live_slabs{0};
 constinit std::atomic<unsigned> g_next_shared{0};
 
+// The state of the thread holding each slab for itself: a fork child finds
+// there what the threads that did not follow it left behind.
+constinit std::atomic<ThreadState*> g_slab_thread[kNumSlabs]{};
+
 enum : int { kNoKey, kCreatingKey, kKeyReady, kKeyFailed };
 constinit std::atomic<int> g_key_state{kNoKey};
 pthread_key_t g_key;
@@ -32,10 +36,33 @@ pthread_key_t g_key;
 void release_slab(void* value) {
   unsigned slab = unsigned(reinterpret_cast<uintptr_t>(value)) - 1;
   t_thread.slab_plus_one = slab + 1 + kNumSlabs;
-  g_heap.return_thread_lists(slab);
+  g_heap.return_thread_lists(t_thread, slab);
   if constexpr (Policy::kStats) stats::retire_own(g_heap.layout(), slab, t_thread.counts);
+  g_slab_thread[slab].store(nullptr, std::memory_order_relaxed);
   g_live_slabs.fetch_and(~(uint64_t{1} << slab), std::memory_order_release);
 }
+
+// In a fork child only the forking thread lives on. The others' slabs would
+// stay taken, and the slots on their private lists stranded: give both back,
+// as their exit would have. (A thread interrupted inside free() may lose the
+// one slot it was freeing; one inside a stats read has its count reset.)
+void after_fork_in_child() {
+  const Layout L = g_heap.layout();
+  if (L.max_class() < kMinClass) return;
+  if constexpr (Policy::kStats) stats::forget_readers(L);
+  const unsigned mine = t_thread.slab_plus_one != 0 && !thread_shares_slab() ? t_thread.slab_plus_one - 1 : kNumSlabs;
+  for (unsigned slab = 0; slab < kNumSlabs; ++slab) {
+    ThreadState* t = g_slab_thread[slab].load(std::memory_order_relaxed);
+    if (slab == mine || !t) continue;
+    g_heap.return_thread_lists(*t, slab);
+    if constexpr (Policy::kStats) stats::retire_own(L, slab, t->counts);
+    g_slab_thread[slab].store(nullptr, std::memory_order_relaxed);
+    g_live_slabs.fetch_and(~(uint64_t{1} << slab), std::memory_order_relaxed);
+  }
+}
+
+// pthread_atfork may allocate, so it is called here, never from malloc.
+[[gnu::constructor]] void handle_fork_children() { pthread_atfork(nullptr, nullptr, after_fork_in_child); }
 
 // A pthread key's destructor tells us when the thread exits. Neither creating
 // the key nor setting a low-numbered key's value allocates; if the value does
@@ -64,6 +91,7 @@ unsigned assign_thread_slab() {
       // The process heap has its memory by now (only a test heap could come
       // first: then the thread's counts stay unpublished, and go uncounted).
       const Layout L = g_heap.layout();
+      if (!thread_shares_slab()) g_slab_thread[slab].store(&t_thread, std::memory_order_relaxed);
       if (Policy::kStats && !thread_shares_slab() && L.max_class() >= kMinClass)
         stats::publish_own(L, slab, &t_thread.counts);
       return slab;

@@ -228,18 +228,19 @@ class Heap {
     return Policy::trim(*this) | released;
   }
 
-  // At thread exit: the thread's own free slots go back to the shared lists,
-  // where the slab's next owner (or any thread failing over) finds them.
-  void return_thread_lists(unsigned slab) {
+  // At thread exit (or in a fork child, for the threads that did not follow):
+  // the thread's own free slots go back to the shared lists, where the slab's
+  // next owner (or any thread failing over) finds them.
+  void return_thread_lists(ThreadState& t, unsigned slab) {
     const Layout L = layout();
     for (unsigned cls = kMinClass; cls <= L.max_class() && cls < kNumClasses; ++cls) {
-      for (uint32_t next = uint32_t(t_thread.own_free[cls]); next != 0;) {
+      for (uint32_t next = uint32_t(t.own_free[cls]); next != 0;) {
         const Where w{cls, slab, next - 1};
         char* slot = L.slot(cls, slab, next - 1);
         next = Policy::read_link(slot);
         push(L, w, slot);
       }
-      t_thread.own_free[cls] = 0;
+      t.own_free[cls] = 0;
     }
   }
 

@@ -3,7 +3,6 @@
 // that asks for the endpoint ever loads.
 #include <dlfcn.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <sched.h>
 #include <time.h>
 #include <unistd.h>
@@ -76,17 +75,6 @@ void add_own(stats::OwnerRow& row, stats::OwnSlabCounters& sum) {
   }
 }
 
-// In a fork child, the threads that were reading rows or folding into them
-// are gone; left as they were, the row's next owner would wait for them at exit.
-void forget_readers() {
-  const Layout L = g_heap.layout();
-  if (L.max_class() < kMinClass) return;
-  for (stats::OwnerRow& row : stats::area(L).owner) {
-    row.readers.store(0, std::memory_order_relaxed);
-    if (row.folds.load(std::memory_order_relaxed) & 1) row.folds.fetch_add(1, std::memory_order_relaxed);
-  }
-}
-
 void fill_layout(const Layout& L, unsigned cls, smalloc_class_stats& out) {
   out.size_class = cls;
   out.slot_size = 1ull << cls;
@@ -153,6 +141,13 @@ void publish_own(const Layout& L, unsigned slab, const OwnSlabCounters* own) {
   area(L).owner[slab].live.store(own, std::memory_order_release);
 }
 
+void forget_readers(const Layout& L) {
+  for (OwnerRow& row : area(L).owner) {
+    row.readers.store(0, std::memory_order_relaxed);
+    if (row.folds.load(std::memory_order_relaxed) & 1) row.folds.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
 void retire_own(const Layout& L, unsigned slab, const OwnSlabCounters& own) {
   if (L.max_class() < kMinClass) return;  // no heap, nothing published
   OwnerRow& row = area(L).owner[slab];
@@ -187,11 +182,7 @@ extern "C" __attribute__((visibility("default"))) int smalloc_stats_snapshot(sma
   out->max_class = L.max_class();
   out->reserved_bytes = L.size();
   for (unsigned cls = kMinClass; cls <= L.max_class(); ++cls) fill_layout(L, cls, out->classes[cls]);
-  if constexpr (Policy::kStats) {
-    static const bool forget_readers_in_children = pthread_atfork(nullptr, nullptr, forget_readers) == 0;
-    (void)forget_readers_in_children;
-    fill_counters(L, *out);
-  }
+  if constexpr (Policy::kStats) fill_counters(L, *out);
   return 0;
 }
 

@@ -83,5 +83,8 @@ inline uint64_t read(const uint64_t& counter) {
 // it folds them into the row and waits until no reader is looking at them.
 void publish_own(const Layout& L, unsigned slab, const OwnSlabCounters* own);
 void retire_own(const Layout& L, unsigned slab, const OwnSlabCounters& own);
+// In a fork child: the threads that were reading rows, or folding into them,
+// are gone; left as they were, the row's next owner would wait for them.
+void forget_readers(const Layout& L);
 
 }  // namespace smalloc::stats

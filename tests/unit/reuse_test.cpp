@@ -1,13 +1,16 @@
 // Memory that is free gets used again before new memory is touched, whichever
 // thread freed it: a thread's private free lists go back to its slab when it
 // exits, and a thread whose slab has no used free slot takes one from another
-// slab; a freed 4 MiB buffer is allocated again without faulting its pages in
+// slab; a fork child takes over what the threads that did not follow it left;
+// a freed 4 MiB buffer is allocated again without faulting its pages in
 // anew, while no more than one such buffer stays resident. Linked to the prefixed library, so only these calls use the heap.
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <barrier>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
@@ -157,6 +160,63 @@ TEST(Reuse, TheLastFreedFourMiBBufferIsKeptResidentAndOnlyThatOne) {
   smalloc_free(zeroed);
   smalloc_malloc_trim(0);  // gives the kept one back too
   EXPECT_LE(ResidentPages(again, size_t{4} << 20), 1u);
+}
+
+// A fork child inherits none of the parent's other threads: their slabs must
+// be free for the child's threads, and the slots on their private lists found
+// again before new memory is touched. The child reports by exit status.
+TEST(Reuse, AForkChildTakesOverWhatThreadsThatDidNotFollowLeft) {
+  constexpr size_t kListed = 3000;  // class 12: no other test here uses it
+  constexpr size_t kProbe = 100;    // class 7: idem
+  constexpr int kThreads = 8, kEach = 200;  // 800 KiB each: all on the thread's private list
+  smalloc_free(smalloc_malloc(kProbe));
+  std::vector<std::unique_ptr<ParkedThread>> parked;
+  for (int t = 0; t < kThreads; ++t)
+    parked.push_back(std::make_unique<ParkedThread>([] {
+      for (void* p : AllocateBlocks(kListed, kEach)) smalloc_free(p);
+    }));
+  void* probe = smalloc_malloc(kListed);
+  const unsigned listed_cls = unsigned(__builtin_ctzll(smalloc_malloc_usable_size(probe)));
+  smalloc_free(probe);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    auto s = std::make_unique<smalloc_stats>();
+    auto touched = [&](unsigned cls) { return smalloc_stats_snapshot(s.get()) == 0 ? s->classes[cls].touched : 0; };
+    int failures = 0;
+    const unsigned long long before = touched(listed_cls);
+    std::vector<void*> blocks;
+    for (int i = 0; i < kThreads * kEach; ++i) blocks.push_back(smalloc_malloc(kListed));
+    if (touched(listed_cls) - before > kThreads) failures |= 1;  // the stranded slots were not found
+    // Every slab but this thread's is free again: 63 threads alive at once
+    // each get one of their own.
+    void* mine = smalloc_malloc(kProbe);
+    const unsigned probe_cls = unsigned(__builtin_ctzll(smalloc_malloc_usable_size(mine)));
+    std::barrier all_hold(SMALLOC_SLABS_PER_CLASS);
+    std::barrier counted(SMALLOC_SLABS_PER_CLASS);
+    std::vector<std::thread> threads;
+    for (int t = 1; t < SMALLOC_SLABS_PER_CLASS; ++t)
+      threads.emplace_back([&] {
+        void* p = smalloc_malloc(kProbe);
+        all_hold.arrive_and_wait();
+        counted.arrive_and_wait();
+        smalloc_free(p);
+      });
+    all_hold.arrive_and_wait();
+    int slabs_used = 0;
+    if (smalloc_stats_snapshot(s.get()) == 0)
+      for (const smalloc_slab_stats& slab : s->classes[probe_cls].slabs) slabs_used += slab.in_use > 0;
+    if (slabs_used != SMALLOC_SLABS_PER_CLASS) failures |= 2;  // some threads had to share a slab
+    counted.arrive_and_wait();
+    for (auto& t : threads) t.join();
+    _exit(failures);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status) & 1, 0) << "the child touched new memory while the private lists of the threads "
+                                           "that did not follow it held free slots";
+  EXPECT_EQ(WEXITSTATUS(status) & 2, 0) << "the slabs of threads that did not follow were not free in the child";
 }
 
 }  // namespace
