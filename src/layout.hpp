@@ -74,12 +74,13 @@ struct Layout {
   };
   // False for NULL, the heads' area and anything outside the reservation.
   bool locate(const void* p, Where& w) const {
-    uintptr_t off = reinterpret_cast<uintptr_t>(p) - base;
-    uintptr_t area = off >> (span_shift + kSlabBits);
+    const uintptr_t off = reinterpret_cast<uintptr_t>(p) - base;
+    const uintptr_t area_slab = off >> span_shift;  // one variable shift for both
+    const uintptr_t area = area_slab >> kSlabBits;
     if (area - 1 >= span_shift - kMinClass + 1) return false;
     w.cls = unsigned(area) + kMinClass - 1;
-    w.slab = unsigned(off >> span_shift) & (kNumSlabs - 1);
-    w.index = uint32_t((off & ((uintptr_t{1} << span_shift) - 1)) >> w.cls);
+    w.slab = unsigned(area_slab) & (kNumSlabs - 1);
+    w.index = uint32_t((off - (area_slab << span_shift)) >> w.cls);
     return true;
   }
 };
