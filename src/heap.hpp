@@ -221,8 +221,7 @@ class Heap {
     int released = 0;
     Where w{};
     if (char* slot = kept_.exchange(nullptr, std::memory_order_acq_rel); slot && L.locate(slot, w)) {
-      pal::discard(slot, size_t{1} << w.cls);
-      push(L, w, slot);
+      give_back(L, w, slot);
       released = 1;
     }
     return Policy::trim(*this) | released;
@@ -295,6 +294,10 @@ class Heap {
       slot = kept_.exchange(slot, std::memory_order_acq_rel);
       if (!slot || !L.locate(slot, w)) return;
     }
+    give_back(L, w, slot);
+  }
+
+  static void give_back(const Layout& L, const Where& w, char* slot) {
     pal::discard(slot, size_t{1} << w.cls);
     push(L, w, slot);
   }
