@@ -36,7 +36,7 @@ pthread_key_t g_key;
 void release_slab(void* value) {
   unsigned slab = unsigned(reinterpret_cast<uintptr_t>(value)) - 1;
   t_thread.slab_plus_one = slab + 1 + kNumSlabs;
-  g_heap.return_thread_lists(t_thread, slab);
+  g_heap.return_thread_lists(t_thread);
   if constexpr (Policy::kStats) stats::retire_own(g_heap.layout(), slab, t_thread.counts);
   g_slab_thread[slab].store(nullptr, std::memory_order_relaxed);
   g_live_slabs.fetch_and(~(uint64_t{1} << slab), std::memory_order_release);
@@ -54,7 +54,7 @@ void after_fork_in_child() {
   for (unsigned slab = 0; slab < kNumSlabs; ++slab) {
     ThreadState* t = g_slab_thread[slab].load(std::memory_order_relaxed);
     if (slab == mine || !t) continue;
-    g_heap.return_thread_lists(*t, slab);
+    g_heap.return_thread_lists(*t);
     if constexpr (Policy::kStats) stats::retire_own(L, slab, t->counts);
     g_slab_thread[slab].store(nullptr, std::memory_order_relaxed);
     g_live_slabs.fetch_and(~(uint64_t{1} << slab), std::memory_order_relaxed);

@@ -18,6 +18,8 @@
 // hot paths; the release policy's are empty and compile away.
 #pragma once
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -58,20 +60,27 @@ struct ThreadState {
   uint8_t look_from[kNumClasses];  // the slab where the last look found one: look there first
   // Slots of the thread's own slab that the thread itself freed, per class: a
   // LIFO only this thread can see, so it is pushed and popped with plain loads
-  // and stores instead of a CAS on the shared head. Entries are slot numbers
-  // plus one (0 ends a list), linked through the slots like the shared lists.
-  // Only a thread that owns its slab alone keeps one, and it hands the slots
-  // back to the shared lists when it exits. The low half of an entry here is
-  // the first slot number plus one, the high half the list's length: a list
-  // holds at most kOwnListBytes (one slot if larger), the rest of the thread's
-  // frees go to the shared list, where other threads can take them too.
-  uint64_t own_free[kNumClasses];
+  // and stores instead of a CAS on the shared head, and linked by address
+  // (the first 8 bytes of a free slot point to the next; null ends it), so
+  // that malloc takes one without even looking at the layout. Only a thread
+  // that owns its slab alone keeps one, and it hands the slots back to the
+  // shared lists when it exits. A list holds at most kOwnListBytes (one slot
+  // if larger); the rest of the thread's frees go to the shared list, where
+  // other threads can take them too.
+  char* own_head[kNumClasses];
+  uint32_t own_length[kNumClasses];
   // What the thread does to its own slab, counted here and published in its
   // owner row (stats.hpp).
   stats::OwnSlabCounters counts;
 };
 extern __thread ThreadState t_thread __attribute__((tls_model("initial-exec")));
 inline constexpr uint64_t kOwnListBytes = 1 << 20;
+// How many slots a class's list may hold: none for the classes discarded on free.
+inline constexpr auto kOwnListLimit = [] {
+  std::array<uint32_t, kNumClasses> limit{};
+  for (unsigned cls = 0; cls < kDiscardClass; ++cls) limit[cls] = uint32_t(std::max<uint64_t>(1, kOwnListBytes >> cls));
+  return limit;
+}();
 
 unsigned assign_thread_slab();  // cold: takes a slab no live thread has, if any
 
@@ -112,17 +121,19 @@ class Heap {
   }
 
   [[gnu::always_inline]] void* allocate_in(unsigned cls, size_t size, size_t align, Kind kind, bool zero) {
+    if constexpr (kProcessHeap) {
+      // Only slots of a class the layout has, of the thread's own slab, are
+      // ever on its list: nothing else to check (cls may be up to 64).
+      if (char* slot = cls < kDiscardClass ? t_thread.own_head[cls] : nullptr; slot != nullptr) {
+        std::memcpy(&t_thread.own_head[cls], slot, sizeof(char*));
+        --t_thread.own_length[cls];
+        count_own_allocation(cls, size);
+        return finish(slot, cls, size, align, kind, zero, false);
+      }
+    }
     const Layout L = layout();
     const unsigned slab = t_thread.slab_plus_one - 1;  // >= kNumSlabs if not assigned yet, or shared
     if (__builtin_expect(cls <= L.max_class() && slab < kNumSlabs && cls != kKeptClass, 1)) {
-      if constexpr (kProcessHeap) {
-        if (uint64_t own = t_thread.own_free[cls]; own != 0) {
-          char* slot = L.slot(cls, slab, uint32_t(own) - 1);
-          t_thread.own_free[cls] = ((own >> 32) - 1) << 32 | Policy::read_link(slot);
-          count_allocation(L, slab, cls, slab, size, false, false);
-          return finish(slot, cls, size, align, kind, zero, false);
-        }
-      }
       bool fresh;
       if (char* slot = pop<false>(L, cls, slab, fresh); __builtin_expect(slot != nullptr, 1)) {
         count_allocation(L, slab, cls, slab, size, false, false);
@@ -140,21 +151,20 @@ class Heap {
     const Released r = Policy::on_free(*this, L, w, p, kind);
     const unsigned me = t_thread.slab_plus_one - 1;  // >= kNumSlabs if not assigned yet, or shared
     if (__builtin_expect(me < kNumSlabs, 1)) {
-      if constexpr (Policy::kStats) {
-        if (r.valid) {
-          if (kProcessHeap && w.slab == me)
-            stats::add(t_thread.counts.frees[w.cls], 1, false);
-          else
-            stats::add(stats::area(L).owner[me].slab[w.cls][w.slab].frees, 1, false);
+      if (kProcessHeap && w.slab == me) {
+        if constexpr (Policy::kStats) {
+          if (r.valid) stats::add(t_thread.counts.frees[w.cls], 1, false);
         }
-      }
-      if constexpr (kProcessHeap) {
-        const uint64_t own = t_thread.own_free[w.cls];
-        if (r.slot && w.slab == me && w.cls < kDiscardClass && ((own >> 32) << w.cls) < kOwnListBytes) {
-          Policy::write_link(r.slot, uint32_t(own));
-          t_thread.own_free[w.cls] = ((own >> 32) + 1) << 32 | (w.index + 1);
+        const uint32_t length = t_thread.own_length[w.cls];
+        if (r.slot && length < kOwnListLimit[w.cls]) {
+          char* const head = t_thread.own_head[w.cls];
+          std::memcpy(r.slot, &head, sizeof head);
+          t_thread.own_head[w.cls] = r.slot;
+          t_thread.own_length[w.cls] = length + 1;
           return;
         }
+      } else if constexpr (Policy::kStats) {
+        if (r.valid) stats::add(stats::area(L).owner[me].slab[w.cls][w.slab].frees, 1, false);
       }
     } else {
       return free_from_shared_row(L, w, r);
@@ -230,16 +240,18 @@ class Heap {
   // At thread exit (or in a fork child, for the threads that did not follow):
   // the thread's own free slots go back to the shared lists, where the slab's
   // next owner (or any thread failing over) finds them.
-  void return_thread_lists(ThreadState& t, unsigned slab) {
+  void return_thread_lists(ThreadState& t) {
     const Layout L = layout();
-    for (unsigned cls = kMinClass; cls <= L.max_class() && cls < kNumClasses; ++cls) {
-      for (uint32_t next = uint32_t(t.own_free[cls]); next != 0;) {
-        const Where w{cls, slab, next - 1};
-        char* slot = L.slot(cls, slab, next - 1);
-        next = Policy::read_link(slot);
-        push(L, w, slot);
+    for (unsigned cls = 0; cls < kNumClasses; ++cls) {
+      for (char* slot = t.own_head[cls]; slot != nullptr;) {
+        char* next;
+        std::memcpy(&next, slot, sizeof next);
+        Where w;
+        if (L.locate(slot, w)) push(L, w, slot);
+        slot = next;
       }
-      t.own_free[cls] = 0;
+      t.own_head[cls] = nullptr;
+      t.own_length[cls] = 0;
     }
   }
 
@@ -318,12 +330,18 @@ class Heap {
       stats::SlabCounters& c = stats::area(L).owner[owner].slab[cls][slab];
       if (fresh) stats::add(c.fresh, 1, shared);
       if (kProcessHeap && slab == owner && !shared) {
-        stats::add(t_thread.counts.allocations[cls], 1, false);
-        stats::add(t_thread.counts.bytes_requested[cls], size, false);
+        count_own_allocation(cls, size);
       } else {
         stats::add(c.allocations, 1, shared);
         stats::add(c.bytes_requested, size, shared);
       }
+    }
+  }
+
+  [[gnu::always_inline]] static void count_own_allocation(unsigned cls, size_t size) {
+    if constexpr (Policy::kStats) {
+      stats::add(t_thread.counts.allocations[cls], 1, false);
+      stats::add(t_thread.counts.bytes_requested[cls], size, false);
     }
   }
 
