@@ -167,7 +167,7 @@ class Heap {
         if (r.valid) stats::add(stats::area(L).owner[me].slab[w.cls][w.slab].frees, 1, false);
       }
     } else {
-      return free_from_shared_row(L, w, r);
+      return free_from_shared_row(w, r);
     }
     if (r.slot) recycle(L, w, r.slot);
   }
@@ -315,7 +315,10 @@ class Heap {
   }
 
   // A thread that never allocated, or one of more than 64 sharing slabs.
-  [[gnu::noinline]] void free_from_shared_row(const Layout L, const Where w, const Released r) {
+  // Takes no Layout, which the callee loads again, so that every argument
+  // travels in a register and free() needs no stack frame for the call.
+  [[gnu::noinline]] void free_from_shared_row(const Where w, const Released r) {
+    const Layout L = layout();
     if constexpr (Policy::kStats) {
       if (r.valid) stats::add(stats::area(L).owner[thread_slab()].slab[w.cls][w.slab].frees, 1, thread_shares_slab());
     }
