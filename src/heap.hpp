@@ -164,7 +164,7 @@ class Heap {
           return;
         }
       } else if constexpr (Policy::kStats) {
-        if (r.valid) stats::add(stats::area(L).owner[me].slab[w.cls][w.slab].frees, 1, false);
+        if (r.valid) stats::add(stats::area(L).rows[me].slab[w.cls][w.slab].frees, 1, false);
       }
     } else {
       return free_from_shared_row(w, r);
@@ -320,7 +320,10 @@ class Heap {
   [[gnu::noinline]] void free_from_shared_row(const Where w, const Released r) {
     const Layout L = layout();
     if constexpr (Policy::kStats) {
-      if (r.valid) stats::add(stats::area(L).owner[thread_slab()].slab[w.cls][w.slab].frees, 1, thread_shares_slab());
+      if (r.valid) {
+        const unsigned home = thread_slab();  // assigns one to a thread that never allocated
+        stats::add(stats::row(L, home, thread_shares_slab()).slab[w.cls][w.slab].frees, 1, thread_shares_slab());
+      }
     }
     if (r.slot) recycle(L, w, r.slot);
   }
@@ -330,7 +333,7 @@ class Heap {
   [[gnu::always_inline]] static void count_allocation(const Layout& L, unsigned owner, unsigned cls, unsigned slab,
                                                       size_t size, bool fresh, bool shared) {
     if constexpr (Policy::kStats) {
-      stats::SlabCounters& c = stats::area(L).owner[owner].slab[cls][slab];
+      stats::SlabCounters& c = stats::row(L, owner, shared).slab[cls][slab];
       if (fresh) stats::add(c.fresh, 1, shared);
       if (kProcessHeap && slab == owner && !shared) {
         count_own_allocation(cls, size);
@@ -382,7 +385,7 @@ class Heap {
           t_thread.look_gap[cls] = 0;
           t_thread.look_from[cls] = uint8_t(slab);
           count_allocation(L, home, cls, slab, size, false, false);
-          if constexpr (Policy::kStats) stats::add(stats::area(L).owner[home].events[cls].failovers, 1, false);
+          if constexpr (Policy::kStats) stats::add(stats::area(L).rows[home].events[cls].failovers, 1, false);
           return finish(slot, cls, size, align, kind, zero, false);
         }
       }
@@ -425,9 +428,9 @@ class Heap {
           count_allocation(L, home, c, slab, size, fresh, thread_shares_slab());
           if constexpr (Policy::kStats) {
             if (c != cls)
-              stats::add(stats::area(L).owner[home].events[cls].overflows, 1, thread_shares_slab());
+              stats::add(stats::row(L, home, thread_shares_slab()).events[cls].overflows, 1, thread_shares_slab());
             else if (k != 0)
-              stats::add(stats::area(L).owner[home].events[cls].failovers, 1, thread_shares_slab());
+              stats::add(stats::row(L, home, thread_shares_slab()).events[cls].failovers, 1, thread_shares_slab());
           }
           return finish(slot, c, size, align, kind, zero, fresh);
         }

@@ -90,10 +90,10 @@ void fill_counters(const Layout& L, smalloc_stats& out) {
   const unsigned max = L.max_class();
   for (unsigned cls = kMinClass; cls <= max; ++cls)
     for (unsigned slab = 0; slab < kNumSlabs; ++slab)
-      for (const auto& row : area.owner) out.classes[cls].slabs[slab].frees += stats::read(row.slab[cls][slab].frees);
+      for (const auto& row : area.rows) out.classes[cls].slabs[slab].frees += stats::read(row.slab[cls][slab].frees);
   for (unsigned slab = 0; slab < kNumSlabs; ++slab) {
     stats::OwnSlabCounters own{};
-    add_own(area.owner[slab], own);
+    add_own(area.rows[slab], own);
     for (unsigned cls = kMinClass; cls <= max; ++cls) {
       out.classes[cls].slabs[slab].frees += own.frees[cls];
       out.classes[cls].slabs[slab].allocations += own.allocations[cls];
@@ -105,7 +105,7 @@ void fill_counters(const Layout& L, smalloc_stats& out) {
     for (unsigned slab = 0; slab < kNumSlabs; ++slab) {
       smalloc_slab_stats& s = c.slabs[slab];
       uint64_t fresh = 0;
-      for (const auto& row : area.owner) {
+      for (const auto& row : area.rows) {
         const stats::SlabCounters& counters = row.slab[cls][slab];
         s.allocations += stats::read(counters.allocations);
         c.bytes_requested_total += stats::read(counters.bytes_requested);
@@ -120,7 +120,7 @@ void fill_counters(const Layout& L, smalloc_stats& out) {
       c.allocations += s.allocations;
       c.frees += s.frees;
     }
-    for (const auto& row : area.owner) {
+    for (const auto& row : area.rows) {
       c.failovers += stats::read(row.events[cls].failovers);
       c.overflows += stats::read(row.events[cls].overflows);
     }
@@ -138,11 +138,11 @@ void fill_counters(const Layout& L, smalloc_stats& out) {
 namespace smalloc::stats {
 
 void publish_own(const Layout& L, unsigned slab, const OwnSlabCounters* own) {
-  area(L).owner[slab].live.store(own, std::memory_order_release);
+  area(L).rows[slab].live.store(own, std::memory_order_release);
 }
 
 void forget_readers(const Layout& L) {
-  for (OwnerRow& row : area(L).owner) {
+  for (OwnerRow& row : area(L).rows) {
     row.readers.store(0, std::memory_order_relaxed);
     if (row.folds.load(std::memory_order_relaxed) & 1) row.folds.fetch_add(1, std::memory_order_relaxed);
   }
@@ -150,7 +150,7 @@ void forget_readers(const Layout& L) {
 
 void retire_own(const Layout& L, unsigned slab, const OwnSlabCounters& own) {
   if (L.max_class() < kMinClass) return;  // no heap, nothing published
-  OwnerRow& row = area(L).owner[slab];
+  OwnerRow& row = area(L).rows[slab];
   if (row.live.load(std::memory_order_relaxed) != &own) return;  // never published
   row.folds.fetch_add(1, std::memory_order_acq_rel);               // odd: readers wait
   for (unsigned c = 0; c < kNumClasses; ++c) {

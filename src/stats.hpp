@@ -6,8 +6,10 @@
 // fixed offset from the thread pointer; the owner row publishes where that
 // is, and an exiting owner folds it into the row. Everything else (blocks of
 // other slabs, slots never touched before, fail-overs) is counted in the
-// row's tables, against the slab concerned. Threads beyond the 64th share
-// rows and use atomic adds. A reader sums the 64 rows.
+// row's tables, against the slab concerned. Threads without a slab of their
+// own (beyond the 64th, or exiting) count in one more row, the shared row,
+// with atomic adds: never in a row whose owner adds without them. A reader
+// sums the 65 rows.
 //
 // The rows live in area 0 after the free-list heads: zero pages until used.
 #pragma once
@@ -51,7 +53,7 @@ struct alignas(64) OwnerRow {
 };
 
 struct Area {
-  OwnerRow owner[kNumSlabs];
+  OwnerRow rows[kNumSlabs + 1];  // one per slab's owner, then the shared row
 };
 
 inline constexpr size_t kHeadsBytes = size_t{kNumClasses} * kNumSlabs * kHeadBytes;
@@ -60,6 +62,11 @@ static_assert(kHeadsBytes + sizeof(Area) <= Layout::area_bytes(kMinSpanShift),
               "the counters must fit in area 0 of the smallest layout");
 
 inline Area& area(const Layout& L) { return *reinterpret_cast<Area*>(L.base + kHeadsBytes); }
+
+// The row a thread counts in: its slab's, or the shared row if it shares.
+inline OwnerRow& row(const Layout& L, unsigned owner, bool shared) {
+  return area(L).rows[shared ? kNumSlabs : owner];
+}
 
 // A counter of a row that is not shared has one writer, who adds with a plain
 // load-add-store: one instruction (x86-64: `addq` to memory, even at an

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <barrier>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -181,6 +182,30 @@ TEST(Stats, CountsOfThreadsThatExitedStay) {
   auto freed = Snapshot();
   EXPECT_EQ(ClassTotals(*freed, cls).in_use, b.in_use);
   EXPECT_EQ(ClassTotals(*freed, cls).frees - b.frees, 2ull * kThreads * kBlocks);
+}
+
+// Beyond 64 live threads, threads share slabs: their counts must add up
+// exactly too, however they interleave with the slabs' owners.
+TEST(Stats, ThreadsBeyondTheSixtyFourthAreCountedExactly) {
+  constexpr int kThreads = 96, kPairs = 2000;
+  void* probe = smalloc_malloc(40);
+  const unsigned cls = ClassOf(probe);
+  smalloc_free(probe);
+  auto before = Snapshot();
+  std::barrier all_alive(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&] {
+      all_alive.arrive_and_wait();  // none exits before all have run: 32 of them share slabs
+      for (int i = 0; i < kPairs; ++i) smalloc_free(smalloc_malloc(40));
+      all_alive.arrive_and_wait();
+    });
+  for (auto& t : threads) t.join();
+  auto after = Snapshot();
+  const Totals b = ClassTotals(*before, cls), a = ClassTotals(*after, cls);
+  EXPECT_EQ(a.allocations - b.allocations, 1ull * kThreads * kPairs);
+  EXPECT_EQ(a.frees - b.frees, 1ull * kThreads * kPairs);
+  EXPECT_EQ(a.in_use, b.in_use);
 }
 
 // Readers must never see an impossible snapshot while writers run.
