@@ -91,6 +91,10 @@ struct DebugPolicy {
     if (slot) debug::quarantine(slot);
     return {slot != nullptr, nullptr};
   }
+  // A block with a mapping of its own (huge.hpp): no redzones, but memcheck
+  // tracks it like any heap block (leaks, use after free, size).
+  static void on_huge_alloc(void* p, size_t size, bool zero) { VALGRIND_MALLOCLIKE_BLOCK(p, size, 0, zero); }
+  static void on_huge_free(void* p) { VALGRIND_FREELIKE_BLOCK(p, 0); }
   static void free_foreign(void* p, Kind) {
     if (p) debug::report_foreign(p, "free of a pointer smalloc never returned");
   }

@@ -24,6 +24,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "huge.hpp"
 #include "layout.hpp"
 #include "pal.hpp"
 #include "stats.hpp"
@@ -147,7 +148,7 @@ class Heap {
   [[gnu::always_inline]] void deallocate(void* p, Kind kind) {
     const Layout L = layout();
     Where w;
-    if (__builtin_expect(!L.locate(p, w), 0)) return Policy::free_foreign(p, kind);
+    if (__builtin_expect(!L.locate(p, w), 0)) return free_outside(p, kind);
     const Released r = Policy::on_free(*this, L, w, p, kind);
     const unsigned me = t_thread.slab_plus_one - 1;  // >= kNumSlabs if not assigned yet, or shared
     if (__builtin_expect(me < kNumSlabs, 1)) {
@@ -196,12 +197,14 @@ class Heap {
   size_t usable_size(const void* p) const {
     Layout L = layout();
     Where w;
-    return L.locate(p, w) ? Policy::usable_size(L, w, p) : 0;
+    if (L.locate(p, w)) return Policy::usable_size(L, w, p);
+    const huge::Entry* e = huge::find(p);
+    return e ? huge::size_of(*e) : 0;
   }
 
   bool owns(const void* p) const {
     Where w;
-    return layout().locate(p, w);
+    return layout().locate(p, w) || huge::find(p);
   }
 
   Layout layout() const { return Layout::decode(layout_.load(std::memory_order_acquire)); }
@@ -436,13 +439,42 @@ class Heap {
         }
       }
     }
+    // Larger than any slot of a fallback layout: a mapping of its own. (The
+    // native layout's largest slot, 8 GiB, stays the limit there.)
+    if (cls > L.max_class() && L.span_shift < kMaxSpanShift) {
+      void* p = huge::allocate(size, align);
+      if (p) Policy::on_huge_alloc(p, size, zero);
+      return p;
+    }
     errno = ENOMEM;
     return nullptr;
+  }
+
+  // Not in the reservation: one of the huge blocks, or not ours at all.
+  [[gnu::noinline, gnu::cold]] static void free_outside(void* p, Kind kind) {
+    if (huge::Entry* e = huge::find(p)) {
+      Policy::on_huge_free(p);
+      return huge::release(*e);
+    }
+    Policy::free_foreign(p, kind);
   }
 
   // A block we did not allocate (the dynamic loader's, or libc's from before we
   // were loaded): copy what we can safely read, and never free it.
   [[gnu::noinline, gnu::cold]] void* reallocate_foreign(void* p, size_t size) {
+    if (const huge::Entry* e = huge::find(p)) {  // always moved: rare, and exact for Valgrind
+      if (size == 0) {
+        free_outside(p, Kind::Malloc);
+        return nullptr;
+      }
+      void* q = allocate(size, 1, Kind::Malloc);
+      if (q) {
+        const size_t old = huge::size_of(*e);
+        std::memcpy(q, p, old < size ? old : size);
+        free_outside(p, Kind::Malloc);
+      }
+      return q;
+    }
     if (size == 0) return nullptr;
     void* q = allocate(size, 1, Kind::Malloc);
     if (q) std::memcpy(q, p, pal::mapped_prefix(p, size));

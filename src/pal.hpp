@@ -30,6 +30,14 @@ inline void* reserve(size_t bytes) {
   return p == MAP_FAILED ? nullptr : p;
 }
 
+// Memory that counts against the commit limit, as glibc's large blocks do:
+// for blocks that get a mapping of their own.
+inline void* map(size_t bytes) {
+  ErrnoGuard keep;
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
 inline void unmap(void* p, size_t bytes) {
   ErrnoGuard keep;
   if (bytes) munmap(p, bytes);

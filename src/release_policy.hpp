@@ -30,6 +30,10 @@ struct ReleasePolicy {
     return 0;
   }
 
+  // Blocks with a mapping of their own (huge.hpp): nothing to record.
+  static void on_huge_alloc(void*, size_t, bool) {}
+  static void on_huge_free(void*) {}
+
   // Not ours (or NULL): leaking is the only safe thing to do with it.
   static void free_foreign(void*, Kind) {}
 
