@@ -233,7 +233,7 @@ class Heap {
     const Layout L = layout();
     int released = 0;
     Where w{};
-    if (char* slot = kept_.exchange(nullptr, std::memory_order_acq_rel); slot && L.locate(slot, w)) {
+    if (char* slot = swap_kept(L, nullptr, w)) {
       give_back(L, w, slot);
       released = 1;
     }
@@ -305,11 +305,15 @@ class Heap {
 
   // By value, so that the hot path's Layout and Where stay in registers.
   [[gnu::noinline, gnu::cold]] void discard_and_push(const Layout L, Where w, char* slot) {
-    if (w.cls == kKeptClass) {
-      slot = kept_.exchange(slot, std::memory_order_acq_rel);
-      if (!slot || !L.locate(slot, w)) return;
-    }
+    if (w.cls == kKeptClass && !(slot = swap_kept(L, slot, w))) return;
     give_back(L, w, slot);
+  }
+
+  // Puts `slot` (or nothing) in the kept place; returns the slot kept there
+  // before, if any, with w saying where it is.
+  char* swap_kept(const Layout& L, char* slot, Where& w) {
+    char* before = kept_.exchange(slot, std::memory_order_acq_rel);
+    return before && L.locate(before, w) ? before : nullptr;
   }
 
   static void give_back(const Layout& L, const Where& w, char* slot) {
@@ -416,7 +420,7 @@ class Heap {
     const unsigned home = thread_slab();
     if (cls == kKeptClass) {
       Where w{};
-      if (char* slot = kept_.exchange(nullptr, std::memory_order_acq_rel); slot && L.locate(slot, w)) {
+      if (char* slot = swap_kept(L, nullptr, w)) {
         count_allocation(L, home, cls, w.slab, size, false, thread_shares_slab());
         void* p = Policy::on_alloc(slot, cls, size, align, kind, false, zero);
         if (zero) std::memset(p, 0, size);  // not discarded: not zero
