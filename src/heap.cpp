@@ -88,12 +88,13 @@ unsigned assign_thread_slab() {
     if (g_live_slabs.compare_exchange_weak(live, live | (uint64_t{1} << slab), std::memory_order_acquire)) {
       t_thread.slab_plus_one = slab + 1;
       release_at_thread_exit(slab);
-      // The process heap has its memory by now (only a test heap could come
-      // first: then the thread's counts stay unpublished, and go uncounted).
-      const Layout L = g_heap.layout();
-      if (!thread_shares_slab()) g_slab_thread[slab].store(&t_thread, std::memory_order_relaxed);
-      if (Policy::kStats && !thread_shares_slab() && L.max_class() >= kMinClass)
-        stats::publish_own(L, slab, &t_thread.counts);
+      if (!thread_shares_slab()) {
+        g_slab_thread[slab].store(&t_thread, std::memory_order_relaxed);
+        // The process heap has its memory by now (only a test heap could come
+        // first: then the thread's counts stay unpublished, and go uncounted).
+        const Layout L = g_heap.layout();
+        if (Policy::kStats && L.max_class() >= kMinClass) stats::publish_own(L, slab, &t_thread.counts);
+      }
       return slab;
     }
   }
