@@ -6,6 +6,10 @@
     app.py --serve ROUNDS    first starts the endpoint itself through the C API
                              (ctypes: smalloc_stats_serve("127.0.0.1:0")) and
                              prints the port it got
+    app.py --until PATH ...  after ROUNDS rounds, goes on working (printing
+                             nothing) until PATH exists: a test that must see
+                             the program running decides when it ends, however
+                             fast the allocator is
 
 Output depends only on ROUNDS, never on the allocator or on timing, so a run
 with smalloc preloaded must print exactly what a plain run prints. Python's
@@ -35,7 +39,10 @@ def one_round(r):
 
 
 def main(argv):
-    mode = None
+    mode = until = None
+    if argv and argv[0] == "--until":
+        until = argv[1]
+        argv = argv[2:]
     if argv and argv[0] in ("--fork", "--serve"):
         mode = argv.pop(0)
     rounds = int(argv[0])
@@ -56,6 +63,10 @@ def main(argv):
             _, status = os.waitpid(pid, 0)
             print(f"child exit {os.waitstatus_to_exitcode(status)}", flush=True)
         print(f"round {r} {one_round(r):08x}", flush=True)
+    r = rounds
+    while until and not os.path.exists(until):
+        one_round(r)
+        r += 1
     print("done", flush=True)
 
 

@@ -41,10 +41,14 @@ def schema(name):
 class App:
     """app.py running in the background with the library preloaded."""
 
-    def __init__(self, rounds, lib=None, addr="127.0.0.1:0", extra=(), env=None):
+    def __init__(self, rounds, lib=None, addr="127.0.0.1:0", extra=(), env=None, hold=False):
+        """hold: after its rounds the program goes on working until release()."""
         self.tmp = tempfile.TemporaryDirectory(prefix="smalloc-http.")
         self.out_path = os.path.join(self.tmp.name, "out")
         self.err_path = os.path.join(self.tmp.name, "err")
+        self.stop_path = os.path.join(self.tmp.name, "stop")
+        if hold:
+            extra = ("--until", self.stop_path, *extra)
         e = dict(os.environ)
         e.pop("LD_PRELOAD", None)
         e["LD_PRELOAD"] = lib or ARGS.lib
@@ -73,6 +77,9 @@ class App:
                 break
             time.sleep(0.02)
         raise AssertionError(f"never saw {pattern!r}; stderr:\n{self.stderr()}\nstdout tail:\n{self.stdout()[-500:]}")
+
+    def release(self):
+        open(self.stop_path, "w").close()
 
     def port(self):
         return int(self.wait_for(LISTENING).group(2))
@@ -209,9 +216,9 @@ class Routes(unittest.TestCase):
 
 class EndToEnd(unittest.TestCase):
     def test_numbers_move_while_the_program_runs_and_its_output_is_unchanged(self):
-        rounds = 1500
+        rounds = 50
         expected = plain_output(rounds)
-        app = App(rounds=rounds)
+        app = App(rounds=rounds, hold=True)  # runs until the curls are done
         try:
             port = app.port()
             seen = []
@@ -222,6 +229,7 @@ class EndToEnd(unittest.TestCase):
                 jsonschema.validate(doc, schema("stats"))
                 seen.append(doc["totals"]["allocations"])
                 time.sleep(0.2)
+            app.release()
             self.assertEqual(app.finish(), 0, app.stderr())
             self.assertEqual(app.stdout(), expected, "the endpoint changed the program's output")
             self.assertTrue(all(b > a for a, b in zip(seen, seen[1:])), f"allocations did not move: {seen}")
@@ -255,12 +263,13 @@ class EndToEnd(unittest.TestCase):
     def test_fork_children_work_and_the_parent_keeps_serving(self):
         rounds = 400
         expected = plain_output(rounds, ("--fork",))
-        app = App(rounds=rounds, extra=("--fork",))
+        app = App(rounds=rounds, extra=("--fork",), hold=True)  # still running when asked
         try:
             port = app.port()
             app.wait_for(r"child exit")
             code, _, _ = get(port, "/healthz")
             self.assertEqual(code, 200)
+            app.release()
             self.assertEqual(app.finish(), 0, app.stderr())
             self.assertEqual(app.stdout(), expected)
             self.assertIn("child exit 0", expected)
