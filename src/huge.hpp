@@ -71,6 +71,16 @@ inline void* allocate(size_t size, size_t align) {
   return nullptr;
 }
 
+// How many blocks have a mapping of their own, and their mappings' bytes.
+inline void totals(uint64_t& blocks, uint64_t& bytes) {
+  blocks = bytes = 0;
+  for (const Entry& e : g_table) {
+    if (e.block.load(std::memory_order_acquire) <= kClaimed) continue;
+    ++blocks;
+    bytes += ~e.map_bytes;
+  }
+}
+
 inline void release(Entry& e) {
   const uintptr_t map = ~e.map;
   const size_t bytes = ~e.map_bytes;

@@ -7,7 +7,9 @@
 #ifndef SMALLOC_H
 #define SMALLOC_H
 
+#include <malloc.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -32,6 +34,12 @@ SMALLOC_API size_t smalloc_malloc_usable_size(void* ptr) SMALLOC_NOEXCEPT;
 SMALLOC_API void smalloc_free_sized(void* ptr, size_t size) SMALLOC_NOEXCEPT;
 SMALLOC_API void smalloc_free_aligned_sized(void* ptr, size_t alignment, size_t size) SMALLOC_NOEXCEPT;
 SMALLOC_API int smalloc_malloc_trim(size_t pad) SMALLOC_NOEXCEPT;
+/* glibc's statistics calls, reporting this heap (see the README). */
+SMALLOC_API struct mallinfo2 smalloc_mallinfo2(void) SMALLOC_NOEXCEPT;
+SMALLOC_API struct mallinfo smalloc_mallinfo(void) SMALLOC_NOEXCEPT;
+SMALLOC_API int smalloc_mallopt(int param, int value) SMALLOC_NOEXCEPT;
+SMALLOC_API void smalloc_malloc_stats(void) SMALLOC_NOEXCEPT;
+SMALLOC_API int smalloc_malloc_info(int options, FILE* out) SMALLOC_NOEXCEPT;
 
 /* 1 if ptr lies in a slot of this allocator's region (allocated or not). */
 SMALLOC_API int smalloc_owns(const void* ptr) SMALLOC_NOEXCEPT;

@@ -165,6 +165,28 @@ void retire_own(const Layout& L, unsigned slab, const OwnSlabCounters& own) {
   while (row.readers.load(std::memory_order_seq_cst) != 0) sched_yield();
 }
 
+HeapTotals heap_totals() noexcept {
+  HeapTotals t{};
+  huge::totals(t.mapped_blocks, t.mapped_bytes);
+  // A snapshot is some 90 KiB: too much for a small thread stack.
+  auto* snapshot = static_cast<smalloc_stats*>(pal::map(sizeof(smalloc_stats)));
+  if (!snapshot) return t;
+  if (smalloc_stats_snapshot(snapshot) == 0) {
+    t.counted = snapshot->counters_enabled;
+    t.reserved_bytes = snapshot->reserved_bytes;
+    for (unsigned cls = snapshot->min_class; cls <= snapshot->max_class; ++cls) {
+      const smalloc_class_stats& c = snapshot->classes[cls];
+      t.slot_bytes_touched += c.touched * c.slot_size;
+      t.slot_bytes_in_use += c.in_use * c.slot_size;
+      t.free_slots_of_class[cls] = c.touched - c.in_use;
+      t.free_slots += c.touched - c.in_use;
+    }
+  }
+  t.resident_bytes = snapshot->resident_bytes;
+  pal::unmap(snapshot, sizeof(smalloc_stats));
+  return t;
+}
+
 }  // namespace smalloc::stats
 
 extern "C" __attribute__((visibility("default"))) int smalloc_stats_snapshot(smalloc_stats* out) noexcept {

@@ -94,4 +94,15 @@ void retire_own(const Layout& L, unsigned slab, const OwnSlabCounters& own);
 // are gone; left as they were, the row's next owner would wait for them.
 void forget_readers(const Layout& L);
 
+// The whole heap in a few figures, for mallinfo2(), malloc_stats() and
+// malloc_info(). The slot figures are zero if the counters are compiled out.
+struct HeapTotals {
+  bool counted;
+  uint64_t slot_bytes_touched, slot_bytes_in_use, free_slots;
+  uint64_t mapped_blocks, mapped_bytes;  // blocks with a mapping of their own
+  uint64_t reserved_bytes, resident_bytes;
+  uint64_t free_slots_of_class[kNumClasses];
+};
+HeapTotals heap_totals() noexcept;
+
 }  // namespace smalloc::stats

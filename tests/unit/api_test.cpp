@@ -7,6 +7,7 @@
 // test says that too.
 #include <gtest/gtest.h>
 #include <malloc.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
@@ -45,6 +47,11 @@ struct Allocator {
   void (*free_sized)(void*, size_t);
   void (*free_aligned_sized)(void*, size_t, size_t);
   int (*malloc_trim)(size_t);
+  struct mallinfo2 (*mallinfo2)();
+  struct mallinfo (*mallinfo)();
+  int (*mallopt)(int, int);
+  void (*malloc_stats)();
+  int (*malloc_info)(int, FILE*);
 };
 
 void PrintTo(const Allocator& a, std::ostream* os) { *os << a.name; }
@@ -54,16 +61,21 @@ const Allocator kPrefixed{
     smalloc_realloc,     smalloc_reallocarray,   smalloc_posix_memalign,
     smalloc_aligned_alloc, smalloc_memalign,     smalloc_valloc,     smalloc_pvalloc,
     smalloc_malloc_usable_size, smalloc_free_sized, smalloc_free_aligned_sized,
-    smalloc_malloc_trim,
+    smalloc_malloc_trim, smalloc_mallinfo2, smalloc_mallinfo, smalloc_mallopt,
+    smalloc_malloc_stats, smalloc_malloc_info,
 };
 
 #ifdef SMALLOC_TEST_OVERRIDE
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"  // mallinfo: glibc's old call, still ours to serve
 const Allocator kOverride{
     "override",   ::malloc,         ::free,           ::calloc,  ::realloc,
     ::reallocarray, ::posix_memalign, ::aligned_alloc, ::memalign, ::valloc,
     ::pvalloc,    ::malloc_usable_size, ::free_sized, ::free_aligned_sized,
-    ::malloc_trim,
+    ::malloc_trim, ::mallinfo2, ::mallinfo, ::mallopt,
+    ::malloc_stats, ::malloc_info,
 };
+#pragma GCC diagnostic pop
 #endif
 
 constexpr size_t KiB = size_t{1} << 10;
@@ -180,6 +192,79 @@ TEST_P(ApiTest, FreeFreeSizedAndFreeAlignedSizedMakeTheBlockReusable) {
       for (void* q : again) A.free(q);
     }
   }
+}
+
+bool CountersEnabled() {
+  auto snapshot = std::make_unique<smalloc_stats>();
+  return smalloc_stats_snapshot(snapshot.get()) == 0 && snapshot->counters_enabled;
+}
+
+// mallinfo2 reports this heap: 1000 blocks in one class raise "in use" by
+// 1000 slots of a power-of-two size that holds them, and freeing them turns
+// exactly that into free space. Nothing else allocates in between.
+TEST_P(ApiTest, MallinfoCountsTheBlocksInUseAndTheFreeSlots) {
+  constexpr size_t kBlocks = 1000, kSize = 1000;
+  std::vector<void*> blocks;
+  blocks.reserve(kBlocks);
+  const struct mallinfo2 before = A.mallinfo2();
+  const struct mallinfo old_before = A.mallinfo();
+  for (size_t i = 0; i < kBlocks; ++i) blocks.push_back(A.malloc(kSize));
+  const struct mallinfo2 during = A.mallinfo2();
+  const struct mallinfo old_during = A.mallinfo();
+  for (void* p : blocks) A.free(p);
+  const struct mallinfo2 after = A.mallinfo2();
+  if (!CountersEnabled()) {  // built with SMALLOC_STATS=OFF: nothing to count with
+    EXPECT_EQ(during.uordblks, 0u);
+    EXPECT_EQ(during.arena, 0u);
+    return;
+  }
+  const size_t grew = during.uordblks - before.uordblks;
+  ASSERT_EQ(grew % kBlocks, 0u) << grew;
+  const size_t slot = grew / kBlocks;
+  EXPECT_TRUE(std::has_single_bit(slot) && slot >= kSize) << slot;
+  EXPECT_EQ(unsigned(old_during.uordblks - old_before.uordblks), unsigned(grew)) << "mallinfo's int fields";
+  EXPECT_EQ(during.fordblks, during.arena - during.uordblks);
+  EXPECT_EQ(after.uordblks, before.uordblks);
+  EXPECT_GE(after.fordblks, kBlocks * slot);
+  EXPECT_GE(after.ordblks, kBlocks);
+  EXPECT_EQ(after.hblks, 0u) << "no block here has a mapping of its own";
+}
+
+TEST_P(ApiTest, MalloptAcceptsGlibcsParametersAndRejectsOthers) {
+  for (int param : {M_MXFAST, M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX})
+    EXPECT_EQ(A.mallopt(param, 2), 1) << param;
+  EXPECT_EQ(A.mallopt(12345, 1), 0);
+}
+
+// glibc's XML shape, with the free slots of the class just freed.
+TEST_P(ApiTest, MallocInfoWritesXmlAndRejectsOptions) {
+  std::vector<void*> blocks;
+  for (int i = 0; i < 100; ++i) blocks.push_back(A.malloc(3000));
+  for (void* p : blocks) A.free(p);
+  char* text = nullptr;
+  size_t length = 0;
+  FILE* out = open_memstream(&text, &length);
+  ASSERT_NE(out, nullptr);
+  EXPECT_EQ(A.malloc_info(0, out), 0);
+  fclose(out);
+  const std::string xml(text, length);
+  free(text);  // open_memstream's buffer belongs to whichever malloc libc calls
+  EXPECT_EQ(xml.rfind("<malloc version=\"1\" allocator=\"smalloc\"", 0), 0u) << xml;
+  EXPECT_NE(xml.find("</malloc>\n"), std::string::npos) << xml;
+  if (CountersEnabled()) {
+    EXPECT_NE(xml.find("to=\"4096\""), std::string::npos) << xml;
+  }
+  errno = 0;
+  EXPECT_EQ(A.malloc_info(1, stderr), -1);
+  EXPECT_EQ(errno, EINVAL);
+}
+
+TEST_P(ApiTest, MallocStatsPrintsTheHeapOnStderr) {
+  testing::internal::CaptureStderr();
+  A.malloc_stats();
+  const std::string text = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(text.rfind("smalloc (", 0), 0u) << text;
+  EXPECT_NE(text.find("in use bytes     = "), std::string::npos) << text;
 }
 
 TEST_P(ApiTest, MallocOfAHugeSizeFailsWithENOMEM) {
