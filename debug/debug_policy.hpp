@@ -76,6 +76,9 @@ struct DebugPolicy {
   static constexpr bool kStats = SMALLOC_STATS_ENABLED;
   static constexpr const char* kBuildName = "debug";
   static constexpr bool kDiscardedSlotsStayZero = false;
+  // Freed slots stay poisoned and watched: malloc_trim empties the quarantine
+  // instead of giving slab pages back.
+  static constexpr bool kTrimSlabs = false;
 
   static constexpr size_t slot_bytes(size_t size, size_t align) {
     return size > SIZE_MAX / 4 ? SIZE_MAX : debug::front_bytes(align) + size + debug::kRedzone;

@@ -227,11 +227,25 @@ class Heap {
     return Layout::decode(word);
   }
 
-  // malloc_trim: gives back the kept slot (free() has given back the rest);
-  // the debug build also empties its quarantine.
+  // malloc_trim: the calling thread's private free slots go back to the
+  // shared lists; then (release build) every slab gives back the pages at its
+  // top that hold only free slots, and the kept slot goes back too. free()
+  // has given back the larger slots already. Returns 1 if memory was released.
   int trim() {
     const Layout L = layout();
     int released = 0;
+    if constexpr (Policy::kTrimSlabs) {
+      if (L.max_class() >= kMinClass) {
+        if constexpr (kProcessHeap) return_thread_lists(t_thread);
+        // One bit per slot of the largest slab, zero-filled on first touch.
+        const size_t bitmap_bytes = std::max<size_t>(L.slots_per_slab(kMinClass) / 8, pal::kPageSize);
+        if (auto* marks = static_cast<uint64_t*>(pal::reserve(bitmap_bytes))) {
+          for (unsigned cls = kMinClass; cls <= L.max_class(); ++cls)
+            for (unsigned slab = 0; slab < kNumSlabs; ++slab) released |= trim_slab(L, cls, slab, marks);
+          pal::unmap(marks, bitmap_bytes);
+        }
+      }
+    }
     Where w{};
     if (char* slot = swap_kept(L, nullptr, w)) {
       give_back(L, w, slot);
@@ -246,7 +260,9 @@ class Heap {
   void return_thread_lists(ThreadState& t) {
     const Layout L = layout();
     for (unsigned cls = 0; cls < kNumClasses; ++cls) {
-      for (char* slot = t.own_head[cls]; slot != nullptr;) {
+      // Counted, not followed to its end: a double free may have made it a loop.
+      uint32_t left = t.own_length[cls];
+      for (char* slot = t.own_head[cls]; slot != nullptr && left-- > 0;) {
         char* next;
         std::memcpy(&next, slot, sizeof next);
         Where w;
@@ -300,6 +316,76 @@ class Heap {
       if (head.compare_exchange_weak(old, ((old & kCountMask) + kCountOne) | kTouched | w.index,
                                      std::memory_order_release, std::memory_order_relaxed))
         return;
+    }
+  }
+
+  // Takes the slab's whole free list, marks its slots in `marks` (all zero on
+  // entry, and again on return), and if the slots just below the first
+  // untouched one are free for whole pages, discards those pages and makes
+  // the slots untouched again (zero, as untouched slots are); the other free
+  // slots go back in address order. Meanwhile the slab looks full: its
+  // allocations go elsewhere, and what is freed into it waits on the head,
+  // to be put back in front of the rest.
+  [[gnu::cold]] static bool trim_slab(const Layout& L, unsigned cls, unsigned slab, uint64_t* marks) {
+    auto& head = L.head<FreeListHead>(cls, slab).word;
+    const uint32_t full = L.slots_per_slab(cls);
+    uint64_t old = head.load(std::memory_order_acquire);
+    do {
+      if (!(uint32_t(old) & kTouched)) return false;  // no used slot is free
+    } while (!head.compare_exchange_weak(old, ((old & kCountMask) + kCountOne) | full, std::memory_order_acq_rel,
+                                         std::memory_order_acquire));
+    const auto marked = [marks](uint32_t i) { return (marks[i / 64] >> (i % 64)) & 1; };
+    uint32_t link = uint32_t(old), top = full;
+    bool whole = true;  // false if the list repeats a slot (a double free): then leave it as it was
+    while (link & kTouched) {
+      const uint32_t index = link & kSlotMask;
+      if (index >= full || marked(index)) {
+        whole = false;
+        break;
+      }
+      marks[index / 64] |= uint64_t{1} << (index % 64);
+      link = Policy::read_link(L.slot(cls, slab, index));
+    }
+    if (whole) top = link & kSlotMask;
+    uint32_t keep = top;
+    while (whole && keep > 0 && marked(keep - 1)) --keep;
+    const uint32_t slots_per_page = cls < pal::kPageShift ? uint32_t(pal::kPageSize >> cls) : 1;
+    keep = (keep + slots_per_page - 1) / slots_per_page * slots_per_page;
+    uint32_t first = uint32_t(old);
+    if (whole && keep < top) {
+      pal::discard(L.slot(cls, slab, keep), size_t(top - keep) << cls);
+      first = keep;
+      for (uint32_t word = keep / 64 + 1; word-- > 0;) {
+        for (uint64_t bits = marks[word]; bits != 0;) {
+          const unsigned bit = 63 - unsigned(__builtin_clzll(bits));
+          bits &= ~(uint64_t{1} << bit);
+          const uint32_t index = word * 64 + bit;
+          if (index >= keep) continue;
+          Policy::write_link(L.slot(cls, slab, index), first);
+          first = kTouched | index;
+        }
+      }
+      // Those slots will be counted as touched again when next handed out.
+      if constexpr (Policy::kStats) stats::add(stats::row(L, 0, true).slab[cls][slab].fresh, 0 - uint64_t(top - keep), true);
+    }
+    pal::discard(marks, (size_t(top) / 64 + 1) * sizeof(uint64_t));
+    // Put the list back behind whatever was freed meanwhile.
+    uint64_t now = head.load(std::memory_order_acquire);
+    for (;;) {
+      if (uint32_t(now) == full) {
+        if (head.compare_exchange_weak(now, ((now & kCountMask) + kCountOne) | first, std::memory_order_release,
+                                       std::memory_order_acquire))
+          return whole && keep < top;
+        continue;
+      }
+      if (!head.compare_exchange_weak(now, ((now & kCountMask) + kCountOne) | full, std::memory_order_acq_rel,
+                                      std::memory_order_acquire))
+        continue;
+      char* last = L.slot(cls, slab, uint32_t(now) & kSlotMask);  // those frees end at `full`
+      for (uint32_t next; (next = Policy::read_link(last)) != full;) last = L.slot(cls, slab, next & kSlotMask);
+      Policy::write_link(last, first);
+      first = uint32_t(now);
+      now = head.load(std::memory_order_acquire);
     }
   }
 

@@ -13,6 +13,7 @@
 namespace smalloc::pal {
 
 inline constexpr size_t kPageSize = 4096;
+inline constexpr unsigned kPageShift = 12;
 
 class ErrnoGuard {
  public:

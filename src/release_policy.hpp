@@ -12,6 +12,8 @@ struct ReleasePolicy {
   static constexpr const char* kBuildName = "release";
   // calloc may skip zeroing a discarded slot but for its link.
   static constexpr bool kDiscardedSlotsStayZero = true;
+  // malloc_trim gives back the free pages at the top of every slab.
+  static constexpr bool kTrimSlabs = true;
 
   static constexpr size_t slot_bytes(size_t size, size_t /*align*/) { return size; }
 

@@ -792,7 +792,9 @@ TEST(Override, PrefixedAndLibcNamesShareOneHeap) {
   ASSERT_NE(p, nullptr);
   EXPECT_EQ(::malloc_usable_size(p), smalloc_malloc_usable_size(p));
   ::free(p);
+#ifdef SMALLOC_TEST_DEBUG
   ::malloc_trim(0);  // the debug build holds freed blocks in quarantine until trimmed
+#endif
   void* q = ::malloc(48);
   ASSERT_NE(q, nullptr);
   EXPECT_EQ(q, p) << "the slot freed through ::free should be the next one handed out";
