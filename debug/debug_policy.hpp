@@ -79,6 +79,8 @@ struct DebugPolicy {
   // Freed slots stay poisoned and watched: malloc_trim empties the quarantine
   // instead of giving slab pages back.
   static constexpr bool kTrimSlabs = false;
+  // Blocks start after a redzone, not at a page: realloc copies.
+  static constexpr bool kMovePages = false;
 
   static constexpr size_t slot_bytes(size_t size, size_t align) {
     return size > SIZE_MAX / 4 ? SIZE_MAX : debug::front_bytes(align) + size + debug::kRedzone;

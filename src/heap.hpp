@@ -47,6 +47,10 @@ inline constexpr unsigned kKeptClass = kDiscardClass;
 // faulted in again (a buffer grown and dropped in a loop: calloc bench 2x).
 inline constexpr size_t kGrowerMin = 64 * 1024;
 inline constexpr unsigned kGrowerClass = kDiscardClass - 1;  // 2 MiB
+// realloc moves a block this large (if the policy allows) by moving its pages
+// to the new slot (mremap), not by copying them: no copy, and no fault on
+// the new slot's pages.
+inline constexpr unsigned kMovePagesClass = kGrowerClass;
 
 // Everything a thread keeps for the process heap, in one block of initial-exec
 // TLS: the hot paths find all of it from one thread-pointer offset.
@@ -189,7 +193,8 @@ class Heap {
     void* q = allocate_in(cls, size, 1, Kind::Malloc, false);
     if (!q) return nullptr;
     size_t old = Policy::usable_size(L, w, p);
-    std::memcpy(q, p, old < size ? old : size);
+    if (!(Policy::kMovePages && w.cls >= kMovePagesClass && pal::move_pages(p, q, old)))
+      std::memcpy(q, p, old < size ? old : size);
     deallocate(p, Kind::Malloc);
     return q;
   }
@@ -403,7 +408,10 @@ class Heap {
   }
 
   static void give_back(const Layout& L, const Where& w, char* slot) {
-    pal::discard(slot, size_t{1} << w.cls);
+    if constexpr (Policy::kMovePages)
+      pal::renew(slot, size_t{1} << w.cls);
+    else
+      pal::discard(slot, size_t{1} << w.cls);
     push(L, w, slot);
   }
 

@@ -62,6 +62,25 @@ inline void discard(void* p, size_t bytes) {
   madvise(p, bytes, MADV_DONTNEED);
 }
 
+// Moves the pages of [from, from + bytes) to `to`, replacing what was there,
+// and leaves `from` mapped but empty, zero-filled again: a copy that copies
+// nothing. All three must be page-aligned. False if the kernel refuses
+// (before Linux 5.7, or at the map-count limit): then nothing moved.
+inline bool move_pages(void* from, void* to, size_t bytes) {
+  ErrnoGuard keep;
+  return mremap(from, bytes, bytes, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, to) == to;
+}
+
+// Like discard, but with a new mapping in place (atomically: no hole opens),
+// which merges with its neighbours again. Pages that move_pages moved form a
+// mapping of their own; this is how it goes away when they are freed.
+inline void renew(void* p, size_t bytes) {
+  ErrnoGuard keep;
+  if (mmap(p, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) ==
+      MAP_FAILED)
+    madvise(p, bytes, MADV_DONTNEED);
+}
+
 // How many bytes from p (up to n) lie in mapped memory: lets us copy out of a
 // block we did not allocate without faulting.
 inline size_t mapped_prefix(const void* p, size_t n) {

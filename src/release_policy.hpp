@@ -14,6 +14,8 @@ struct ReleasePolicy {
   static constexpr bool kDiscardedSlotsStayZero = true;
   // malloc_trim gives back the free pages at the top of every slab.
   static constexpr bool kTrimSlabs = true;
+  // realloc moves large blocks' pages instead of copying them (heap.hpp).
+  static constexpr bool kMovePages = true;
 
   static constexpr size_t slot_bytes(size_t size, size_t /*align*/) { return size; }
 

@@ -8,6 +8,7 @@
 // prefixed library, so only these calls use the heap.
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,6 +18,8 @@
 #include <barrier>
 #include <condition_variable>
 #include <cstring>
+#include <fstream>
+#include <string>
 #include <mutex>
 #include <memory>
 #include <set>
@@ -343,6 +346,59 @@ TEST(Trim, AListThatRepeatsASlotIsLeftAlone) {
   int status = 0;
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+}
+
+long MinorFaults() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_minflt;
+}
+
+size_t Mappings() {
+  std::ifstream maps("/proc/self/maps");
+  size_t n = 0;
+  for (std::string line; std::getline(maps, line);) ++n;
+  return n;
+}
+
+// realloc moves a large block by moving its pages to the new slot, not by
+// copying them: the bytes arrive, the new slot's pages are not faulted in,
+// and the old slot (kept resident when freed, as the last 4 MiB slot is) is
+// left empty.
+TEST(Realloc, ALargeBlockMovesItsPagesInsteadOfCopyingThem) {
+  constexpr size_t kFrom = size_t{3} << 20, kTo = size_t{6} << 20;  // the 4 MiB class, then the 8 MiB one
+  char* p = static_cast<char*>(smalloc_malloc(kFrom));
+  ASSERT_NE(p, nullptr);
+  for (size_t i = 0; i < kFrom; ++i) p[i] = char(i % 251);
+  const long faults = MinorFaults();
+  char* q = static_cast<char*>(smalloc_realloc(p, kTo));
+  const long moved_faults = MinorFaults() - faults;
+  ASSERT_NE(q, nullptr);
+  ASSERT_NE(q, p) << "6 MiB cannot stay in a 4 MiB slot";
+  EXPECT_LT(moved_faults, 64) << "copying would fault in the new slot's 768 pages";
+  size_t wrong = 0;
+  for (size_t i = 0; i < kFrom; ++i) wrong += q[i] != char(i % 251);
+  EXPECT_EQ(wrong, 0u);
+  EXPECT_EQ(ResidentPages(p, size_t{4} << 20), 0u) << "the old slot still holds the pages";
+  memset(q + kFrom, 7, kTo - kFrom);  // the rest of the block is there to use
+  smalloc_free(q);
+  smalloc_malloc_trim(0);
+}
+
+// Each move splits a mapping off the reservation; freeing the block merges
+// it back, so growing buffers over and over leaves no mappings behind.
+TEST(Realloc, MovesLeaveNoMappingsBehindOnceTheBlocksAreFreed) {
+  const size_t before = Mappings();
+  for (int round = 0; round < 100; ++round) {
+    char* p = nullptr;
+    for (size_t n = 1; n <= (size_t{32} << 20); n *= 2) {
+      p = static_cast<char*>(smalloc_realloc(p, n));
+      ASSERT_NE(p, nullptr);
+      p[n - 1] = 1;
+    }
+    smalloc_free(p);
+  }
+  EXPECT_LE(Mappings(), before + 4);
 }
 
 }  // namespace
