@@ -73,9 +73,8 @@ struct ThreadState {
   // that owns its slab alone keeps one, and it hands the slots back to the
   // shared lists when it exits. A list holds at most kOwnListBytes (one slot
   // if larger); the rest of the thread's frees go to the shared list, where
-  // other threads can take them too.
+  // other threads can take them too. Its length is counts.listed[cls].
   char* own_head[kNumClasses];
-  uint32_t own_length[kNumClasses];
   // What the thread does to its own slab, counted here and published in its
   // owner row (stats.hpp).
   stats::OwnSlabCounters counts;
@@ -133,8 +132,9 @@ class Heap {
       // ever on its list: nothing else to check (cls may be up to 64).
       if (char* slot = cls < kDiscardClass ? t_thread.own_head[cls] : nullptr; slot != nullptr) {
         std::memcpy(&t_thread.own_head[cls], slot, sizeof(char*));
-        --t_thread.own_length[cls];
-        count_own_allocation(cls, size);
+        --t_thread.counts.listed[cls];
+        // Counted by the list's length alone (OwnSlabCounters): one add less.
+        if constexpr (Policy::kStats) stats::add(t_thread.counts.bytes_requested[cls], size, false);
         return finish(slot, cls, size, align, kind, zero, false);
       }
     }
@@ -162,13 +162,16 @@ class Heap {
         if constexpr (Policy::kStats) {
           if (r.valid) stats::add(t_thread.counts.frees[w.cls], 1, false);
         }
-        const uint32_t length = t_thread.own_length[w.cls];
+        const uint32_t length = t_thread.counts.listed[w.cls];
         if (r.slot && length < kOwnListLimit[w.cls]) {
           char* const head = t_thread.own_head[w.cls];
           std::memcpy(r.slot, &head, sizeof head);
           t_thread.own_head[w.cls] = r.slot;
-          t_thread.own_length[w.cls] = length + 1;
+          t_thread.counts.listed[w.cls] = length + 1;
           return;
+        }
+        if constexpr (Policy::kStats) {
+          if (r.valid) stats::add(t_thread.counts.frees_not_listed[w.cls], 1, false);
         }
       } else if constexpr (Policy::kStats) {
         if (r.valid) stats::add(stats::area(L).rows[me].slab[w.cls][w.slab].frees, 1, false);
@@ -268,7 +271,8 @@ class Heap {
     const Layout L = layout();
     for (unsigned cls = 0; cls < kNumClasses; ++cls) {
       // Counted, not followed to its end: a double free may have made it a loop.
-      uint32_t left = t.own_length[cls];
+      const uint32_t length = t.counts.listed[cls];
+      uint32_t left = length;
       for (char* slot = t.own_head[cls]; slot != nullptr && left-- > 0;) {
         char* next;
         std::memcpy(&next, slot, sizeof next);
@@ -277,7 +281,10 @@ class Heap {
         slot = next;
       }
       t.own_head[cls] = nullptr;
-      t.own_length[cls] = 0;
+      // The list's length first: a reader that sees the slots returned sees
+      // them gone from the list (OwnSlabCounters).
+      std::atomic_ref<uint32_t>(t.counts.listed[cls]).store(0, std::memory_order_relaxed);
+      std::atomic_ref<uint64_t>(t.counts.returned[cls]).store(t.counts.returned[cls] + length, std::memory_order_release);
     }
   }
 

@@ -57,10 +57,22 @@ void add_own(stats::OwnerRow& row, stats::OwnSlabCounters& sum) {
     stats::OwnSlabCounters got;
     row.readers.fetch_add(1, std::memory_order_seq_cst);
     const stats::OwnSlabCounters* live = row.live.load(std::memory_order_seq_cst);
-    for (unsigned c = 0; c < kNumClasses; ++c)
-      got.frees[c] = stats::read(row.retired.frees[c]) + (live ? stats::read(live->frees[c]) : 0);
+    // The live owner's allocations from its private list, derived as
+    // stats.hpp says, in the order it says.
+    uint64_t not_from_list[kNumClasses] = {};  // frees_not_listed + returned + listed
+    if (live) {
+      for (unsigned c = 0; c < kNumClasses; ++c)
+        not_from_list[c] = stats::read(live->frees_not_listed[c]) + stats::read(live->returned[c]) +
+                           std::atomic_ref<const uint32_t>(live->listed[c]).load(std::memory_order_acquire);
+    }
+    uint64_t live_frees[kNumClasses] = {};
     for (unsigned c = 0; c < kNumClasses; ++c) {
-      got.allocations[c] = stats::read(row.retired.allocations[c]) + (live ? stats::read(live->allocations[c]) : 0);
+      live_frees[c] = live ? stats::read(live->frees[c]) : 0;
+      got.frees[c] = stats::read(row.retired.frees[c]) + live_frees[c];
+    }
+    for (unsigned c = 0; c < kNumClasses; ++c) {
+      got.allocations[c] = stats::read(row.retired.allocations[c]) +
+                           (live ? stats::read(live->allocations[c]) + live_frees[c] - not_from_list[c] : 0);
       got.bytes_requested[c] =
           stats::read(row.retired.bytes_requested[c]) + (live ? stats::read(live->bytes_requested[c]) : 0);
     }
@@ -155,7 +167,8 @@ void retire_own(const Layout& L, unsigned slab, const OwnSlabCounters& own) {
   row.folds.fetch_add(1, std::memory_order_acq_rel);               // odd: readers wait
   for (unsigned c = 0; c < kNumClasses; ++c) {
     add(row.retired.frees[c], own.frees[c], false);
-    add(row.retired.allocations[c], own.allocations[c], false);
+    add(row.retired.allocations[c],
+        own.allocations[c] + own.frees[c] - own.frees_not_listed[c] - own.returned[c] - own.listed[c], false);
     add(row.retired.bytes_requested[c], own.bytes_requested[c], false);
   }
   row.live.store(nullptr, std::memory_order_seq_cst);

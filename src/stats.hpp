@@ -31,8 +31,20 @@ struct SlabCounters {
 // What a slab's owner does to its own slab: indexed by class alone, so that
 // the hot path reaches a counter with one add to thread-local memory.
 // Touched slots are counted on the cold path, in SlabCounters::fresh.
+//
+// An allocation from the thread's private list is not counted: every slot on
+// the list got there by a counted free and leaves it by an allocation or by
+// being returned to the shared lists, so those allocations number
+//   frees - frees_not_listed - returned - listed,
+// and `listed` is the list's length, which the hot path keeps anyway. A
+// reader reads frees_not_listed, returned and listed before frees (the
+// owner updates listed before returned): the difference never goes negative.
+// In `retired`, allocations are all of them and the last three stay zero.
 struct OwnSlabCounters {
   uint64_t allocations[kNumClasses], frees[kNumClasses], bytes_requested[kNumClasses];
+  uint64_t frees_not_listed[kNumClasses];  // valid frees that did not go onto the private list
+  uint64_t returned[kNumClasses];          // slots handed from the list back to the shared lists
+  uint32_t listed[kNumClasses];            // slots on the private list now
 };
 
 // Requests of a class served by another slab than the thread's, or by a
