@@ -75,6 +75,9 @@ struct ThreadState {
   // if larger); the rest of the thread's frees go to the shared list, where
   // other threads can take them too. Its length is counts.listed[cls].
   char* own_head[kNumClasses];
+  // Bytes of never-used slots (below kDiscardClass) the thread has taken
+  // since it last trimmed: see Heap::kAutoTrimBytes.
+  uint64_t fresh_bytes;
   // What the thread does to its own slab, counted here and published in its
   // owner row (stats.hpp).
   stats::OwnSlabCounters counts;
@@ -105,6 +108,9 @@ struct Released {
 
 struct alignas(kHeadBytes) FreeListHead {
   std::atomic<uint64_t> word;
+  // The push count when this list was last trimmed: nothing freed since, no
+  // pages to give back (written by trimmers only, read by them only).
+  std::atomic<uint32_t> trimmed_at;
 };
 inline constexpr uint64_t kCountOne = uint64_t{1} << 32;
 inline constexpr uint64_t kCountMask = ~uint64_t{0} << 32;
@@ -245,16 +251,7 @@ class Heap {
     const Layout L = layout();
     int released = 0;
     if constexpr (Policy::kTrimSlabs) {
-      if (L.max_class() >= kMinClass) {
-        if constexpr (kProcessHeap) return_thread_lists(t_thread);
-        // One bit per slot of the largest slab, zero-filled on first touch.
-        const size_t bitmap_bytes = std::max<size_t>(L.slots_per_slab(kMinClass) / 8, pal::kPageSize);
-        if (auto* marks = static_cast<uint64_t*>(pal::reserve(bitmap_bytes))) {
-          for (unsigned cls = kMinClass; cls <= L.max_class(); ++cls)
-            for (unsigned slab = 0; slab < kNumSlabs; ++slab) released |= trim_slab(L, cls, slab, marks);
-          pal::unmap(marks, bitmap_bytes);
-        }
-      }
+      if (L.max_class() >= kMinClass) released = trim_slabs(L);
     }
     Where w{};
     if (char* slot = swap_kept(L, nullptr, w)) {
@@ -341,11 +338,13 @@ class Heap {
   // allocations go elsewhere, and what is freed into it waits on the head,
   // to be put back in front of the rest.
   [[gnu::cold]] static bool trim_slab(const Layout& L, unsigned cls, unsigned slab, uint64_t* marks) {
-    auto& head = L.head<FreeListHead>(cls, slab).word;
+    FreeListHead& list = L.head<FreeListHead>(cls, slab);
+    auto& head = list.word;
     const uint32_t full = L.slots_per_slab(cls);
     uint64_t old = head.load(std::memory_order_acquire);
     do {
       if (!(uint32_t(old) & kTouched)) return false;  // no used slot is free
+      if (uint32_t(old >> 32) == list.trimmed_at.load(std::memory_order_relaxed)) return false;  // no news
     } while (!head.compare_exchange_weak(old, ((old & kCountMask) + kCountOne) | full, std::memory_order_acq_rel,
                                          std::memory_order_acquire));
     const auto marked = [marks](uint32_t i) { return (marks[i / 64] >> (i % 64)) & 1; };
@@ -388,8 +387,10 @@ class Heap {
     for (;;) {
       if (uint32_t(now) == full) {
         if (head.compare_exchange_weak(now, ((now & kCountMask) + kCountOne) | first, std::memory_order_release,
-                                       std::memory_order_acquire))
+                                       std::memory_order_acquire)) {
+          list.trimmed_at.store(uint32_t(now >> 32) + 1, std::memory_order_relaxed);
           return whole && keep < top;
+        }
         continue;
       }
       if (!head.compare_exchange_weak(now, ((now & kCountMask) + kCountOne) | full, std::memory_order_acq_rel,
@@ -401,6 +402,26 @@ class Heap {
       first = uint32_t(now);
       now = head.load(std::memory_order_acquire);
     }
+  }
+
+  // Every slab that was freed into since it was last trimmed: see trim_slab.
+  // Also done, without being asked, by a thread that has taken kAutoTrimBytes
+  // of never-used slots since it last did: a program that frees much of one
+  // size and then grows in another gives the first back before it peaks.
+  // The cost (a walk of the free lists that changed) is bounded by that much
+  // new memory touched.
+  static constexpr uint64_t kAutoTrimBytes = uint64_t{64} << 20;
+  [[gnu::cold, gnu::noinline]] bool trim_slabs(const Layout& L) {
+    bool released = false;
+    if constexpr (kProcessHeap) return_thread_lists(t_thread);
+    // One bit per slot of the largest slab, zero-filled on first touch.
+    const size_t bitmap_bytes = std::max<size_t>(L.slots_per_slab(kMinClass) / 8, pal::kPageSize);
+    if (auto* marks = static_cast<uint64_t*>(pal::reserve(bitmap_bytes))) {
+      for (unsigned cls = kMinClass; cls <= L.max_class(); ++cls)
+        for (unsigned slab = 0; slab < kNumSlabs; ++slab) released |= trim_slab(L, cls, slab, marks);
+      pal::unmap(marks, bitmap_bytes);
+    }
+    return released;
   }
 
   // By value, so that the hot path's Layout and Where stay in registers.
@@ -507,6 +528,12 @@ class Heap {
     }
     if (char* slot = pop(L, cls, home, fresh)) {
       count_allocation(L, home, cls, home, size, fresh, false);
+      if constexpr (kProcessHeap && Policy::kTrimSlabs) {
+        if (fresh && cls < kDiscardClass && (t_thread.fresh_bytes += size_t{1} << cls) >= kAutoTrimBytes) {
+          t_thread.fresh_bytes = 0;
+          trim_slabs(L);
+        }
+      }
       return finish(slot, cls, size, align, kind, zero, fresh);
     }
     return allocate_slow(size, align, kind, zero, cls);

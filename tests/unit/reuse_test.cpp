@@ -297,6 +297,26 @@ TEST(Trim, OnlyTheFreeTopOfASlabGoesBackAndLiveBlocksKeepTheirBytes) {
   for (int i = 0; i < kHalf; i += 2) smalloc_free(blocks[i]);
 }
 
+// Without malloc_trim: a thread that frees much of one size and then touches
+// more than 64 MiB of new memory in another gives the first back on the way.
+TEST(Trim, GrowingInOneClassGivesBackWhatAnotherFreed) {
+  constexpr size_t kTiny = 24;     // class 5: no other test here uses it
+  constexpr int kMany = 1 << 19;   // 16 MiB of slots
+  constexpr size_t kPage8 = 6000;  // class 13: idem
+  constexpr int kGrow = 12000;     // 96 MiB of new slots
+  std::vector<void*> tiny = AllocateBlocks(kTiny, kMany);
+  for (void* p : tiny) memset(p, 0x3c, kTiny);
+  const auto [lo, hi] = std::minmax_element(tiny.begin(), tiny.end());
+  char* const start = static_cast<char*>(*lo);
+  const size_t span = size_t(static_cast<char*>(*hi) - start) + 32;
+  for (void* p : tiny) smalloc_free(p);
+  EXPECT_GE(ResidentPages(start, span), span / size_t(sysconf(_SC_PAGESIZE)) - 1) << "nothing given back yet";
+  std::vector<void*> grown = AllocateBlocks(kPage8, kGrow);
+  for (void* p : grown) memset(p, 0x5d, kPage8);
+  EXPECT_EQ(ResidentPages(start, span), 0u) << "the freed slots' pages were not given back while the heap grew";
+  for (void* p : grown) smalloc_free(p);
+}
+
 // Trimming while other threads allocate, free and fail over into the slab
 // being trimmed: every block keeps its bytes and no slot is handed out twice.
 TEST(Trim, TrimmingWhileThreadsAllocateLosesNothing) {
