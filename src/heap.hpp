@@ -75,8 +75,8 @@ struct ThreadState {
   // if larger); the rest of the thread's frees go to the shared list, where
   // other threads can take them too. Its length is counts.listed[cls].
   char* own_head[kNumClasses];
-  // Bytes of never-used slots (below kDiscardClass) the thread has taken
-  // since it last trimmed: see Heap::kAutoTrimBytes.
+  // Bytes of never-used slots the thread has taken since it last trimmed:
+  // see Heap::kAutoTrimBytes.
   uint64_t fresh_bytes;
   // What the thread does to its own slab, counted here and published in its
   // owner row (stats.hpp).
@@ -529,7 +529,7 @@ class Heap {
     if (char* slot = pop(L, cls, home, fresh)) {
       count_allocation(L, home, cls, home, size, fresh, false);
       if constexpr (kProcessHeap && Policy::kTrimSlabs) {
-        if (fresh && cls < kDiscardClass && (t_thread.fresh_bytes += size_t{1} << cls) >= kAutoTrimBytes) {
+        if (fresh && (t_thread.fresh_bytes += size_t{1} << cls) >= kAutoTrimBytes) {
           t_thread.fresh_bytes = 0;
           trim_slabs(L);
         }
