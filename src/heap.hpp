@@ -408,8 +408,8 @@ class Heap {
   // Also done, without being asked, by a thread that has taken kAutoTrimBytes
   // of never-used slots since it last did: a program that frees much of one
   // size and then grows in another gives the first back before it peaks.
-  // The cost (a walk of the free lists that changed) is bounded by that much
-  // new memory touched.
+  // The walk covers only the lists freed into since their last trim, at most
+  // once per kAutoTrimBytes of new slots the thread takes.
   static constexpr uint64_t kAutoTrimBytes = uint64_t{64} << 20;
   [[gnu::cold, gnu::noinline]] bool trim_slabs(const Layout& L) {
     bool released = false;
