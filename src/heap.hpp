@@ -337,7 +337,10 @@ class Heap {
   // slots go back in address order. Meanwhile the slab looks full: its
   // allocations go elsewhere, and what is freed into it waits on the head,
   // to be put back in front of the rest.
-  [[gnu::cold]] static bool trim_slab(const Layout& L, unsigned cls, unsigned slab, uint64_t* marks) {
+  // `budget` is how many more slots may be walked: a longer list is left as
+  // it was, and the budget spent.
+  [[gnu::cold]] static bool trim_slab(const Layout& L, unsigned cls, unsigned slab, uint64_t* marks,
+                                      uint64_t& budget) {
     FreeListHead& list = L.head<FreeListHead>(cls, slab);
     auto& head = list.word;
     const uint32_t full = L.slots_per_slab(cls);
@@ -349,10 +352,12 @@ class Heap {
                                          std::memory_order_acquire));
     const auto marked = [marks](uint32_t i) { return (marks[i / 64] >> (i % 64)) & 1; };
     uint32_t link = uint32_t(old), top = full;
-    bool whole = true;  // false if the list repeats a slot (a double free): then leave it as it was
+    // false if the list repeats a slot (a double free) or is longer than the
+    // budget: then leave it as it was
+    bool whole = true;
     while (link & kTouched) {
       const uint32_t index = link & kSlotMask;
-      if (index >= full || marked(index)) {
+      if (index >= full || marked(index) || budget-- == 0) {
         whole = false;
         break;
       }
@@ -388,7 +393,7 @@ class Heap {
       if (uint32_t(now) == full) {
         if (head.compare_exchange_weak(now, ((now & kCountMask) + kCountOne) | first, std::memory_order_release,
                                        std::memory_order_acquire)) {
-          list.trimmed_at.store(uint32_t(now >> 32) + 1, std::memory_order_relaxed);
+          if (whole) list.trimmed_at.store(uint32_t(now >> 32) + 1, std::memory_order_relaxed);
           return whole && keep < top;
         }
         continue;
@@ -410,15 +415,20 @@ class Heap {
   // size and then grows in another gives the first back before it peaks.
   // The walk covers only the lists freed into since their last trim, at most
   // once per kAutoTrimBytes of new slots the thread takes.
+  // That walk is a cache miss per slot, so the automatic one stops after
+  // kAutoTrimSlots (some 15 ms at worst here), largest classes first, where
+  // each slot walked may give back the most.
   static constexpr uint64_t kAutoTrimBytes = uint64_t{64} << 20;
-  [[gnu::cold, gnu::noinline]] bool trim_slabs(const Layout& L) {
+  static constexpr uint64_t kAutoTrimSlots = uint64_t{1} << 16;
+  [[gnu::cold, gnu::noinline]] bool trim_slabs(const Layout& L, uint64_t budget = UINT64_MAX) {
     bool released = false;
     if constexpr (kProcessHeap) return_thread_lists(t_thread);
     // One bit per slot of the largest slab, zero-filled on first touch.
     const size_t bitmap_bytes = std::max<size_t>(L.slots_per_slab(kMinClass) / 8, pal::kPageSize);
     if (auto* marks = static_cast<uint64_t*>(pal::reserve(bitmap_bytes))) {
-      for (unsigned cls = kMinClass; cls <= L.max_class(); ++cls)
-        for (unsigned slab = 0; slab < kNumSlabs; ++slab) released |= trim_slab(L, cls, slab, marks);
+      for (unsigned cls = L.max_class(); cls >= kMinClass && budget != 0; --cls)
+        for (unsigned slab = 0; slab < kNumSlabs && budget != 0; ++slab)
+          released |= trim_slab(L, cls, slab, marks, budget);
       pal::unmap(marks, bitmap_bytes);
     }
     return released;
@@ -531,7 +541,7 @@ class Heap {
       if constexpr (kProcessHeap && Policy::kTrimSlabs) {
         if (fresh && (t_thread.fresh_bytes += size_t{1} << cls) >= kAutoTrimBytes) {
           t_thread.fresh_bytes = 0;
-          trim_slabs(L);
+          trim_slabs(L, kAutoTrimSlots);
         }
       }
       return finish(slot, cls, size, align, kind, zero, fresh);

@@ -301,7 +301,7 @@ TEST(Trim, OnlyTheFreeTopOfASlabGoesBackAndLiveBlocksKeepTheirBytes) {
 // more than 64 MiB of new memory in another gives the first back on the way.
 TEST(Trim, GrowingInOneClassGivesBackWhatAnotherFreed) {
   constexpr size_t kTiny = 24;     // class 5: no other test here uses it
-  constexpr int kMany = 1 << 19;   // 16 MiB of slots
+  constexpr int kMany = 1 << 15;   // 1 MiB of slots: a list within the automatic trim's budget
   constexpr size_t kPage8 = 6000;  // class 13: idem
   constexpr int kGrow = 12000;     // 96 MiB of new slots
   std::vector<void*> tiny = AllocateBlocks(kTiny, kMany);
@@ -314,6 +314,29 @@ TEST(Trim, GrowingInOneClassGivesBackWhatAnotherFreed) {
   std::vector<void*> grown = AllocateBlocks(kPage8, kGrow);
   for (void* p : grown) memset(p, 0x5d, kPage8);
   EXPECT_EQ(ResidentPages(start, span), 0u) << "the freed slots' pages were not given back while the heap grew";
+  for (void* p : grown) smalloc_free(p);
+}
+
+// The walk is a cache miss per slot: an automatic trim gives up on a list
+// longer than its budget (2^16 slots) rather than stall one malloc for it;
+// malloc_trim has no budget.
+TEST(Trim, GrowingLeavesAListLongerThanTheBudgetToMallocTrim) {
+  constexpr size_t kSixteen = 16;  // class 4: no other test here uses it
+  constexpr int kMany = 1 << 17;   // a list of 131072 slots
+  constexpr size_t kBig = 12000;   // class 14: idem
+  constexpr int kGrow = 6144;      // 96 MiB of new slots
+  std::vector<void*> small = AllocateBlocks(kSixteen, kMany);
+  for (void* p : small) memset(p, 0x11, kSixteen);
+  const auto [lo, hi] = std::minmax_element(small.begin(), small.end());
+  char* const start = static_cast<char*>(*lo);
+  const size_t span = size_t(static_cast<char*>(*hi) - start) + 16;
+  const size_t pages = span / size_t(sysconf(_SC_PAGESIZE));
+  for (void* p : small) smalloc_free(p);
+  std::vector<void*> grown = AllocateBlocks(kBig, kGrow);
+  for (void* p : grown) memset(p, 0x22, kBig);
+  EXPECT_GE(ResidentPages(start, span), pages - 1) << "a list longer than the budget was walked to its end";
+  EXPECT_EQ(smalloc_malloc_trim(0), 1);
+  EXPECT_EQ(ResidentPages(start, span), 0u);
   for (void* p : grown) smalloc_free(p);
 }
 
