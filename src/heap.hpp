@@ -370,8 +370,9 @@ class Heap {
     const uint32_t slots_per_page = cls < pal::kPageShift ? uint32_t(pal::kPageSize >> cls) : 1;
     keep = (keep + slots_per_page - 1) / slots_per_page * slots_per_page;
     uint32_t first = uint32_t(old);
+    if (whole && keep < top && !pal::discard(L.slot(cls, slab, keep), size_t(top - keep) << cls))
+      keep = top;  // the kernel kept the pages: so do we
     if (whole && keep < top) {
-      pal::discard(L.slot(cls, slab, keep), size_t(top - keep) << cls);
       first = keep;
       for (uint32_t word = keep / 64 + 1; word-- > 0;) {
         for (uint64_t bits = marks[word]; bits != 0;) {
@@ -386,7 +387,8 @@ class Heap {
       // Those slots will be counted as touched again when next handed out.
       if constexpr (Policy::kStats) stats::add(stats::row(L, 0, true).slab[cls][slab].fresh, 0 - uint64_t(top - keep), true);
     }
-    pal::discard(marks, (size_t(top) / 64 + 1) * sizeof(uint64_t));
+    const size_t marks_bytes = (size_t(top) / 64 + 1) * sizeof(uint64_t);
+    if (!pal::discard(marks, marks_bytes)) std::memset(marks, 0, marks_bytes);
     // Put the list back behind whatever was freed meanwhile.
     uint64_t now = head.load(std::memory_order_acquire);
     for (;;) {
@@ -448,10 +450,10 @@ class Heap {
   }
 
   static void give_back(const Layout& L, const Where& w, char* slot) {
-    if constexpr (Policy::kMovePages)
-      pal::renew(slot, size_t{1} << w.cls);
-    else
-      pal::discard(slot, size_t{1} << w.cls);
+    const size_t bytes = size_t{1} << w.cls;
+    const bool zero = Policy::kMovePages ? pal::renew(slot, bytes) : pal::discard(slot, bytes);
+    // Locked pages stay: calloc counts on discarded slots being zero.
+    if (!zero && Policy::kDiscardedSlotsStayZero) std::memset(slot, 0, bytes);
     push(L, w, slot);
   }
 

@@ -57,9 +57,10 @@ inline void* reserve_aligned(size_t bytes, size_t align) {
 }
 
 // The pages become zero-filled again and stop counting towards RSS.
-inline void discard(void* p, size_t bytes) {
+// False if the kernel refused (locked pages): then they are as they were.
+inline bool discard(void* p, size_t bytes) {
   ErrnoGuard keep;
-  madvise(p, bytes, MADV_DONTNEED);
+  return madvise(p, bytes, MADV_DONTNEED) == 0;
 }
 
 // Moves the pages of [from, from + bytes) to `to`, replacing what was there,
@@ -74,11 +75,11 @@ inline bool move_pages(void* from, void* to, size_t bytes) {
 // Like discard, but with a new mapping in place (atomically: no hole opens),
 // which merges with its neighbours again. Pages that move_pages moved form a
 // mapping of their own; this is how it goes away when they are freed.
-inline void renew(void* p, size_t bytes) {
+inline bool renew(void* p, size_t bytes) {
   ErrnoGuard keep;
-  if (mmap(p, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) ==
-      MAP_FAILED)
-    madvise(p, bytes, MADV_DONTNEED);
+  return mmap(p, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) !=
+             MAP_FAILED ||
+         madvise(p, bytes, MADV_DONTNEED) == 0;
 }
 
 // How many bytes from p (up to n) lie in mapped memory: lets us copy out of a

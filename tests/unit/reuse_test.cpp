@@ -340,6 +340,30 @@ TEST(Trim, GrowingLeavesAListLongerThanTheBudgetToMallocTrim) {
   for (void* p : grown) smalloc_free(p);
 }
 
+// Locked pages cannot be discarded: trimming must then keep the slots as
+// used ones, which calloc clears, not call them untouched (and so zero).
+TEST(Trim, LockedPagesAreKeptAndCallocStillClears) {
+  constexpr size_t kLarge = 20000;  // class 15: no other test here uses it
+  constexpr int kCount = 40;
+  std::vector<void*> blocks = AllocateBlocks(kLarge, kCount);
+  for (void* p : blocks) memset(p, 0xee, kLarge);
+  const auto [lo, hi] = std::minmax_element(blocks.begin(), blocks.end());
+  const size_t span = size_t(static_cast<char*>(*hi) - static_cast<char*>(*lo)) + kLarge;
+  if (mlock(*lo, span) != 0) GTEST_SKIP() << "mlock of " << span << " bytes refused: " << strerror(errno);
+  for (void* p : blocks) smalloc_free(p);
+  smalloc_malloc_trim(0);
+  size_t nonzero = 0;
+  std::vector<void*> again;
+  for (int i = 0; i < kCount; ++i) {
+    again.push_back(smalloc_calloc(1, kLarge));
+    nonzero += size_t(std::count_if(static_cast<char*>(again.back()), static_cast<char*>(again.back()) + kLarge,
+                                    [](char c) { return c != 0; }));
+  }
+  EXPECT_EQ(nonzero, 0u);
+  munlock(*lo, span);
+  for (void* p : again) smalloc_free(p);
+}
+
 // Trimming while other threads allocate, free and fail over into the slab
 // being trimmed: every block keeps its bytes and no slot is handed out twice.
 TEST(Trim, TrimmingWhileThreadsAllocateLosesNothing) {
