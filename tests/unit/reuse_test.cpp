@@ -33,18 +33,19 @@ namespace {
 constexpr size_t kSize = 200;  // class 8: no other test here uses it
 constexpr int kBlocks = 3000;
 
-unsigned long long Touched(unsigned cls) {
+smalloc_class_stats ClassStats(unsigned cls) {
   auto s = std::make_unique<smalloc_stats>();
   EXPECT_EQ(smalloc_stats_snapshot(s.get()), 0);
-  return s->classes[cls].touched;
+  return s->classes[cls];
 }
+
+unsigned long long Touched(unsigned cls) { return ClassStats(cls).touched; }
 
 // Allocations minus frees of a class, as counted (not clamped to what was
 // touched, as the snapshot's in_use is).
 long long Outstanding(unsigned cls) {
-  auto s = std::make_unique<smalloc_stats>();
-  EXPECT_EQ(smalloc_stats_snapshot(s.get()), 0);
-  return (long long)(s->classes[cls].allocations - s->classes[cls].frees);
+  const smalloc_class_stats c = ClassStats(cls);
+  return (long long)(c.allocations - c.frees);
 }
 
 std::vector<void*> AllocateBlocks(size_t size, int n) {
@@ -146,6 +147,35 @@ TEST(Reuse, ALiveThreadsPrivateListIsBounded) {
   for (void* p : other) smalloc_free(p);
 }
 
+// n blocks of `size` bytes, every byte written (so resident).
+std::vector<void*> AllocateTouched(size_t size, int n, int byte) {
+  std::vector<void*> v = AllocateBlocks(size, n);
+  for (void* p : v) memset(p, byte, size);
+  return v;
+}
+
+// From the lowest block to `tail` bytes past the start of the highest.
+struct Range {
+  char* start;
+  size_t bytes;
+};
+Range Spanned(const std::vector<void*>& blocks, size_t tail) {
+  const auto [lo, hi] = std::minmax_element(blocks.begin(), blocks.end());
+  return {static_cast<char*>(*lo), size_t(static_cast<char*>(*hi) - static_cast<char*>(*lo)) + tail};
+}
+
+// Allocates n zeroed blocks of `size` bytes into `out` and returns how many
+// of their bytes are not zero.
+size_t CallocNonzeroBytes(size_t size, int n, std::vector<void*>& out) {
+  size_t nonzero = 0;
+  for (int i = 0; i < n; ++i) {
+    auto* p = static_cast<char*>(smalloc_calloc(1, size));
+    out.push_back(p);
+    nonzero += size_t(std::count_if(p, p + size, [](char c) { return c != 0; }));
+  }
+  return nonzero;
+}
+
 // Pages of [p, p + n) that are resident.
 size_t ResidentPages(void* p, size_t n) {
   const size_t page = size_t(sysconf(_SC_PAGESIZE));
@@ -239,11 +269,8 @@ TEST(Reuse, AForkChildTakesOverWhatThreadsThatDidNotFollowLeft) {
 TEST(Trim, ASlabWhoseSlotsAreAllFreeGivesBackEveryPage) {
   constexpr size_t kSmall = 50;  // class 6: no other test here uses it
   constexpr int kMany = 1 << 18;  // 16 MiB of slots
-  std::vector<void*> blocks = AllocateBlocks(kSmall, kMany);
-  for (void* p : blocks) memset(p, 0xa5, kSmall);
-  const auto [lo, hi] = std::minmax_element(blocks.begin(), blocks.end());
-  char* const start = static_cast<char*>(*lo);
-  const size_t span = size_t(static_cast<char*>(*hi) - start) + 64;
+  std::vector<void*> blocks = AllocateTouched(kSmall, kMany, 0xa5);
+  const auto [start, span] = Spanned(blocks, 64);
   const size_t pages = span / size_t(sysconf(_SC_PAGESIZE));
   EXPECT_GE(ResidentPages(start, span), pages - 1);
   const unsigned cls = 6;
@@ -253,13 +280,7 @@ TEST(Trim, ASlabWhoseSlotsAreAllFreeGivesBackEveryPage) {
   EXPECT_EQ(ResidentPages(start, span), 0u);
   EXPECT_EQ(Touched(cls), touched - kMany);
   std::vector<void*> again;
-  size_t nonzero = 0;
-  for (int i = 0; i < kMany; ++i) {
-    again.push_back(smalloc_calloc(1, kSmall));
-    nonzero += std::count_if(static_cast<char*>(again.back()), static_cast<char*>(again.back()) + kSmall,
-                             [](char c) { return c != 0; });
-  }
-  EXPECT_EQ(nonzero, 0u);
+  EXPECT_EQ(CallocNonzeroBytes(kSmall, kMany, again), 0u);
   EXPECT_EQ(std::set<void*>(again.begin(), again.end()), std::set<void*>(blocks.begin(), blocks.end()));
   EXPECT_EQ(Touched(cls), touched);
   for (void* p : again) smalloc_free(p);
@@ -304,15 +325,11 @@ TEST(Trim, GrowingInOneClassGivesBackWhatAnotherFreed) {
   constexpr int kMany = 1 << 15;   // 1 MiB of slots: a list within the automatic trim's budget
   constexpr size_t kPage8 = 6000;  // class 13: idem
   constexpr int kGrow = 12000;     // 96 MiB of new slots
-  std::vector<void*> tiny = AllocateBlocks(kTiny, kMany);
-  for (void* p : tiny) memset(p, 0x3c, kTiny);
-  const auto [lo, hi] = std::minmax_element(tiny.begin(), tiny.end());
-  char* const start = static_cast<char*>(*lo);
-  const size_t span = size_t(static_cast<char*>(*hi) - start) + 32;
+  std::vector<void*> tiny = AllocateTouched(kTiny, kMany, 0x3c);
+  const auto [start, span] = Spanned(tiny, 32);
   for (void* p : tiny) smalloc_free(p);
   EXPECT_GE(ResidentPages(start, span), span / size_t(sysconf(_SC_PAGESIZE)) - 1) << "nothing given back yet";
-  std::vector<void*> grown = AllocateBlocks(kPage8, kGrow);
-  for (void* p : grown) memset(p, 0x5d, kPage8);
+  std::vector<void*> grown = AllocateTouched(kPage8, kGrow, 0x5d);
   EXPECT_EQ(ResidentPages(start, span), 0u) << "the freed slots' pages were not given back while the heap grew";
   for (void* p : grown) smalloc_free(p);
 }
@@ -325,15 +342,11 @@ TEST(Trim, GrowingLeavesAListLongerThanTheBudgetToMallocTrim) {
   constexpr int kMany = 1 << 17;   // a list of 131072 slots
   constexpr size_t kBig = 12000;   // class 14: idem
   constexpr int kGrow = 6144;      // 96 MiB of new slots
-  std::vector<void*> small = AllocateBlocks(kSixteen, kMany);
-  for (void* p : small) memset(p, 0x11, kSixteen);
-  const auto [lo, hi] = std::minmax_element(small.begin(), small.end());
-  char* const start = static_cast<char*>(*lo);
-  const size_t span = size_t(static_cast<char*>(*hi) - start) + 16;
+  std::vector<void*> small = AllocateTouched(kSixteen, kMany, 0x11);
+  const auto [start, span] = Spanned(small, 16);
   const size_t pages = span / size_t(sysconf(_SC_PAGESIZE));
   for (void* p : small) smalloc_free(p);
-  std::vector<void*> grown = AllocateBlocks(kBig, kGrow);
-  for (void* p : grown) memset(p, 0x22, kBig);
+  std::vector<void*> grown = AllocateTouched(kBig, kGrow, 0x22);
   EXPECT_GE(ResidentPages(start, span), pages - 1) << "a list longer than the budget was walked to its end";
   EXPECT_EQ(smalloc_malloc_trim(0), 1);
   EXPECT_EQ(ResidentPages(start, span), 0u);
@@ -345,22 +358,14 @@ TEST(Trim, GrowingLeavesAListLongerThanTheBudgetToMallocTrim) {
 TEST(Trim, LockedPagesAreKeptAndCallocStillClears) {
   constexpr size_t kLarge = 20000;  // class 15: no other test here uses it
   constexpr int kCount = 40;
-  std::vector<void*> blocks = AllocateBlocks(kLarge, kCount);
-  for (void* p : blocks) memset(p, 0xee, kLarge);
-  const auto [lo, hi] = std::minmax_element(blocks.begin(), blocks.end());
-  const size_t span = size_t(static_cast<char*>(*hi) - static_cast<char*>(*lo)) + kLarge;
-  if (mlock(*lo, span) != 0) GTEST_SKIP() << "mlock of " << span << " bytes refused: " << strerror(errno);
+  std::vector<void*> blocks = AllocateTouched(kLarge, kCount, 0xee);
+  const auto [start, span] = Spanned(blocks, kLarge);
+  if (mlock(start, span) != 0) GTEST_SKIP() << "mlock of " << span << " bytes refused: " << strerror(errno);
   for (void* p : blocks) smalloc_free(p);
   smalloc_malloc_trim(0);
-  size_t nonzero = 0;
   std::vector<void*> again;
-  for (int i = 0; i < kCount; ++i) {
-    again.push_back(smalloc_calloc(1, kLarge));
-    nonzero += size_t(std::count_if(static_cast<char*>(again.back()), static_cast<char*>(again.back()) + kLarge,
-                                    [](char c) { return c != 0; }));
-  }
-  EXPECT_EQ(nonzero, 0u);
-  munlock(*lo, span);
+  EXPECT_EQ(CallocNonzeroBytes(kLarge, kCount, again), 0u);
+  munlock(start, span);
   for (void* p : again) smalloc_free(p);
 }
 
