@@ -65,20 +65,16 @@ struct ThreadState {
   uint16_t look_wait[kNumClasses];
   uint16_t look_gap[kNumClasses];
   uint8_t look_from[kNumClasses];  // the slab where the last look found one: look there first
-  // Slots of the thread's own slab that the thread itself freed, per class:
-  // bits only this thread can see (Layout::own_word0), so that they are set
-  // and cleared with plain loads and stores instead of a CAS on the shared
-  // head. They are handed out lowest address first, not last freed first:
-  // what a program allocates next lies together in memory, as it did when
-  // the slots were new, however the program freed them (json bench 1.4x
-  // faster than a LIFO list). own_word is the lowest word that may have a
-  // bit set (null if none), own_base the slot of its bit 0. Only a thread
-  // that owns its slab alone keeps them, and it hands the slots back to the
-  // shared lists when it exits. At most kOwnListBytes (one slot if larger);
-  // then they all go to the shared list, in address order, where other
-  // threads can take them too. Their number is counts.listed[cls].
-  uint64_t* own_word[kNumClasses];
-  char* own_base[kNumClasses];
+  // Slots of the thread's own slab that the thread itself freed, per class: a
+  // LIFO only this thread can see, so it is pushed and popped with plain loads
+  // and stores instead of a CAS on the shared head, and linked by address
+  // (the first 8 bytes of a free slot point to the next; null ends it), so
+  // that malloc takes one without even looking at the layout. Only a thread
+  // that owns its slab alone keeps one, and it hands the slots back to the
+  // shared lists when it exits. A list holds at most kOwnListBytes (one slot
+  // if larger); the rest of the thread's frees go to the shared list, where
+  // other threads can take them too. Its length is counts.listed[cls].
+  char* own_head[kNumClasses];
   // Bytes of never-used slots the thread has taken since it last trimmed:
   // see Heap::kAutoTrimBytes.
   uint64_t fresh_bytes;
@@ -139,22 +135,15 @@ class Heap {
   [[gnu::always_inline]] void* allocate_in(unsigned cls, size_t size, size_t align, Kind kind, bool zero) {
     if constexpr (kProcessHeap) {
       // Only slots of a class the layout has, of the thread's own slab, are
-      // ever in its bits: nothing else to check (cls may be up to 64).
-      if (uint64_t* word = cls < kDiscardClass ? t_thread.own_word[cls] : nullptr; word != nullptr) {
-        const uint64_t bits = *word;
-        if (__builtin_expect(bits == 0, 0)) return allocate_own_next(size, align, kind, zero, cls);
-        *word = bits & (bits - 1);
-        char* slot = t_thread.own_base[cls] + (uintptr_t(__builtin_ctzll(bits)) << cls);
+      // ever on its list: nothing else to check (cls may be up to 64).
+      if (char* slot = cls < kDiscardClass ? t_thread.own_head[cls] : nullptr; slot != nullptr) {
+        std::memcpy(&t_thread.own_head[cls], slot, sizeof(char*));
         --t_thread.counts.listed[cls];
         // Counted by the list's length alone (OwnSlabCounters): one add less.
         if constexpr (Policy::kStats) stats::add(t_thread.counts.bytes_requested[cls], size, false);
         return finish(slot, cls, size, align, kind, zero, false);
       }
     }
-    return allocate_shared(cls, size, align, kind, zero);
-  }
-
-  [[gnu::always_inline]] void* allocate_shared(unsigned cls, size_t size, size_t align, Kind kind, bool zero) {
     const Layout L = layout();
     const unsigned slab = t_thread.slab_plus_one - 1;  // >= kNumSlabs if not assigned yet, or shared
     if (__builtin_expect(cls <= L.max_class() && slab < kNumSlabs && cls != kKeptClass, 1)) {
@@ -179,21 +168,13 @@ class Heap {
         if constexpr (Policy::kStats) {
           if (r.valid) stats::add(t_thread.counts.frees[w.cls], 1, false);
         }
-        // None for the classes discarded on free (limit 0).
-        if (r.slot && Layout::has_own_bits(w.cls, L.span_shift)) {
-          const uint32_t length = t_thread.counts.listed[w.cls];
-          if (__builtin_expect(length < kOwnListLimit[w.cls], 1)) {
-            const uintptr_t pos = L.own_pos(w.cls, w.slab, w.index);
-            uint64_t* const word = L.own_word0(w.cls, pos);
-            const uint64_t bit = uint64_t{1} << (pos & 63), bits = *word;
-            if (__builtin_expect(bits & bit, 0)) return;  // freed twice: once is enough
-            *word = bits | bit;
-            t_thread.counts.listed[w.cls] = length + 1;
-            // A word that had bits is at or above own_word already.
-            if (__builtin_expect(bits == 0, 0)) return note_own_word(L, w.cls, pos, r.slot);
-            return;
-          }
-          if (length != 0) return spill_and_free(L, w, r.slot);
+        const uint32_t length = t_thread.counts.listed[w.cls];
+        if (r.slot && length < kOwnListLimit[w.cls]) {
+          char* const head = t_thread.own_head[w.cls];
+          std::memcpy(r.slot, &head, sizeof head);
+          t_thread.own_head[w.cls] = r.slot;
+          t_thread.counts.listed[w.cls] = length + 1;
+          return;
         }
         if constexpr (Policy::kStats) {
           if (r.valid) stats::add(t_thread.counts.frees_not_listed[w.cls], 1, false);
@@ -285,94 +266,23 @@ class Heap {
   // next owner (or any thread failing over) finds them.
   void return_thread_lists(ThreadState& t) {
     const Layout L = layout();
-    for (unsigned cls = 0; cls < kNumClasses; ++cls) spill_own(L, t, cls);
-  }
-
-  // Hands every slot in t's own bits of `cls` back to the shared list, as one
-  // chain in address order (one CAS): whoever takes them next takes them
-  // lowest first, as the owner would have. Returns the bits left: none.
-  [[gnu::noinline, gnu::cold]] static uint32_t spill_own(const Layout& L, ThreadState& t, unsigned cls) {
-    const uint32_t length = t.counts.listed[cls];
-    Where w{};
-    if (length != 0 && t.own_word[cls] != nullptr && L.locate(t.own_base[cls], w)) {
-      uint32_t first = 0, left = length;
-      char* last = nullptr;
-      const uintptr_t bits0 = L.own_bits0(cls), bits1 = L.own_bits1(cls);
-      const uintptr_t end = (L.own_pos(cls, w.slab, 0) + L.slots_per_slab(cls)) >> 12;  // the slab's end bounds the walk
-      static_assert(kMaxSpanShift - 12 >= kDiscardClass - 1, "natively, every class kept in own bits has them");
-      for (uintptr_t i1 = (reinterpret_cast<uintptr_t>(t.own_word[cls]) - bits0) / 8 / 64; i1 < end && left != 0; ++i1) {
-        uint64_t* const word1 = reinterpret_cast<uint64_t*>(bits1) + i1;
-        for (uint64_t m = *word1; m != 0 && left != 0; m &= m - 1) {
-          const uintptr_t i0 = i1 * 64 + uintptr_t(__builtin_ctzll(m));
-          uint64_t* const word = reinterpret_cast<uint64_t*>(bits0) + i0;
-          for (uint64_t bits = *word; bits != 0 && left != 0; bits &= bits - 1, --left) {
-            const uint32_t index = uint32_t((i0 * 64 + uintptr_t(__builtin_ctzll(bits))) & (L.slots_per_slab(cls) - 1));
-            char* slot = L.slot(cls, w.slab, index);
-            if (last) Policy::write_link(last, kTouched | index);
-            else first = kTouched | index;
-            last = slot;
-          }
-          *word = 0;
-        }
-        *word1 = 0;
+    for (unsigned cls = 0; cls < kNumClasses; ++cls) {
+      // Counted, not followed to its end: a double free may have made it a loop.
+      const uint32_t length = t.counts.listed[cls];
+      uint32_t left = length;
+      for (char* slot = t.own_head[cls]; slot != nullptr && left-- > 0;) {
+        char* next;
+        std::memcpy(&next, slot, sizeof next);
+        Where w;
+        if (L.locate(slot, w)) push(L, w, slot);
+        slot = next;
       }
-      if (last) {
-        auto& head = L.head<FreeListHead>(cls, w.slab).word;
-        uint64_t old = head.load(std::memory_order_relaxed);
-        do Policy::write_link(last, uint32_t(old));
-        while (!head.compare_exchange_weak(old, ((old & kCountMask) + kCountOne) | first, std::memory_order_release,
-                                           std::memory_order_relaxed));
-      }
+      t.own_head[cls] = nullptr;
+      // The list's length first: a reader that sees the slots returned sees
+      // them gone from the list (OwnSlabCounters).
+      std::atomic_ref<uint32_t>(t.counts.listed[cls]).store(0, std::memory_order_relaxed);
+      std::atomic_ref<uint64_t>(t.counts.returned[cls]).store(t.counts.returned[cls] + length, std::memory_order_release);
     }
-    t.own_word[cls] = nullptr;
-    // The count first: a reader that sees the slots returned sees them gone
-    // from the bits (OwnSlabCounters).
-    std::atomic_ref<uint32_t>(t.counts.listed[cls]).store(0, std::memory_order_relaxed);
-    std::atomic_ref<uint64_t>(t.counts.returned[cls]).store(t.counts.returned[cls] + length, std::memory_order_release);
-    return 0;
-  }
-
-  // A free set the first bit of an own word: mark the word in level 1, and
-  // start there if it is the lowest.
-  [[gnu::noinline]] static void note_own_word(const Layout L, unsigned cls, uintptr_t pos, char* slot) {
-    *L.own_word1(cls, pos) |= uint64_t{1} << ((pos >> 6) & 63);
-    uint64_t* const word = L.own_word0(cls, pos);
-    if (uintptr_t(word) - 1 < uintptr_t(t_thread.own_word[cls]) - 1) {
-      t_thread.own_word[cls] = word;
-      t_thread.own_base[cls] = slot - (uintptr_t(pos & 63) << cls);
-    }
-  }
-
-  // The own bits are full: they go to the shared list, and the slot starts
-  // them again.
-  [[gnu::noinline, gnu::cold]] static void spill_and_free(const Layout L, const Where w, char* slot) {
-    spill_own(L, t_thread, w.cls);
-    const uintptr_t pos = L.own_pos(w.cls, w.slab, w.index);
-    *L.own_word0(w.cls, pos) = uint64_t{1} << (pos & 63);
-    t_thread.counts.listed[w.cls] = 1;
-    note_own_word(L, w.cls, pos, slot);
-  }
-
-  // The thread's lowest own word of `cls` ran out: find the next one, or,
-  // with no bits left, go to the shared lists.
-  [[gnu::noinline]] void* allocate_own_next(size_t size, size_t align, Kind kind, bool zero, unsigned cls) {
-    if (t_thread.counts.listed[cls] == 0) {
-      t_thread.own_word[cls] = nullptr;
-      return allocate_shared(cls, size, align, kind, zero);
-    }
-    const Layout L = layout();
-    const uintptr_t bits0 = L.own_bits0(cls);
-    const uintptr_t i0 = (reinterpret_cast<uintptr_t>(t_thread.own_word[cls]) - bits0) / 8;
-    // The word below is empty now; no bit below it is set, in either level.
-    uint64_t* word1 = L.own_word1(cls, i0 * 64);
-    uint64_t m = *word1 & ~(uint64_t{1} << (i0 & 63));
-    *word1 = m;
-    while (m == 0) m = *++word1;
-    const uintptr_t next = ((reinterpret_cast<uintptr_t>(word1) - L.own_bits1(cls)) / 8 * 64 + uintptr_t(__builtin_ctzll(m)));
-    t_thread.own_word[cls] = reinterpret_cast<uint64_t*>(bits0) + next;
-    const uintptr_t pos = next * 64;
-    t_thread.own_base[cls] = L.slot(cls, unsigned(pos >> (L.span_shift - cls)), uint32_t(pos & (L.slots_per_slab(cls) - 1)));
-    return allocate_in(cls, size, align, kind, zero);
   }
 
   // Puts a slot back on its slab's free list. The debug policy calls it when a

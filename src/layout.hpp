@@ -68,31 +68,6 @@ struct Layout {
     return *reinterpret_cast<Head*>(base + (uintptr_t{cls * kNumSlabs + slab} * kHeadBytes));
   }
 
-  // The slab owner's bitmaps of its own free slots (Heap): one bit per slot
-  // (level 0), and one bit per level-0 word that may be non-zero (level 1).
-  // They fill the end of area 0 class by class, class c's level 0 taking
-  // 2^(S+3-c) bytes and its level 1 a 64th of that: 2^(S+1) + 2^(S-5) bytes
-  // in all. Only for classes with at least 4096 slots per slab, so that no
-  // word of either level holds two slabs' bits (natively: every class that
-  // has them). Bit `pos` = slab << (S - c) | index.
-  static constexpr bool has_own_bits(unsigned cls, unsigned s) { return cls + 12 <= s; }
-  static constexpr size_t own_bits_bytes(unsigned s) { return (size_t{1} << (s + 1)) + (size_t{1} << (s - 5)); }
-  uintptr_t own_bits0(unsigned cls) const {
-    return base + area_bytes(span_shift) - (uintptr_t{1} << (span_shift + 4 - cls));
-  }
-  uintptr_t own_bits1(unsigned cls) const {
-    return base + area_bytes(span_shift) - (uintptr_t{1} << (span_shift + 1)) - (uintptr_t{1} << (span_shift - 2 - cls));
-  }
-  uintptr_t own_pos(unsigned cls, unsigned slab, uint32_t index) const {
-    return (uintptr_t{slab} << (span_shift - cls)) | index;
-  }
-  uint64_t* own_word0(unsigned cls, uintptr_t pos) const {
-    return reinterpret_cast<uint64_t*>(own_bits0(cls) + (pos >> 6) * 8);
-  }
-  uint64_t* own_word1(unsigned cls, uintptr_t pos) const {
-    return reinterpret_cast<uint64_t*>(own_bits1(cls) + (pos >> 12) * 8);
-  }
-
   struct Where {
     unsigned cls, slab;
     uint32_t index;

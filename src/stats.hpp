@@ -70,8 +70,8 @@ struct Area {
 
 inline constexpr size_t kHeadsBytes = size_t{kNumClasses} * kNumSlabs * kHeadBytes;
 static_assert(kHeadsBytes % 64 == 0);
-static_assert(kHeadsBytes + sizeof(Area) <= Layout::area_bytes(kMinSpanShift) - Layout::own_bits_bytes(kMinSpanShift),
-              "the counters must fit in area 0 of the smallest layout, before the own bits at its end");
+static_assert(kHeadsBytes + sizeof(Area) <= Layout::area_bytes(kMinSpanShift),
+              "the counters must fit in area 0 of the smallest layout");
 
 inline Area& area(const Layout& L) { return *reinterpret_cast<Area*>(L.base + kHeadsBytes); }
 

@@ -22,7 +22,6 @@
 #include <string>
 #include <mutex>
 #include <memory>
-#include <random>
 #include <set>
 #include <thread>
 #include <vector>
@@ -146,63 +145,6 @@ TEST(Reuse, ALiveThreadsPrivateListIsBounded) {
   std::thread([&] { other = AllocateBlocks(kKiB, kMany - kept_private); }).join();
   EXPECT_LE(Touched(cls) - touched, 1u) << "the owner's free slots beyond its private list were not shared";
   for (void* p : other) smalloc_free(p);
-}
-
-// What a thread frees of its own slab, it hands out again lowest address
-// first, however it freed them: consecutive allocations lie together in
-// memory, as they did when the slots were new.
-TEST(Reuse, AThreadHandsOutWhatItFreedLowestAddressFirst) {
-  std::vector<void*> again;
-  std::set<void*> freed;
-  std::thread([&] {
-    std::vector<void*> v = AllocateBlocks(kSize, kBlocks);  // 600 KiB: within the thread's 1 MiB
-    std::shuffle(v.begin(), v.end(), std::mt19937(7));
-    for (void* p : v) smalloc_free(p);
-    freed.insert(v.begin(), v.end());
-    again = AllocateBlocks(kSize, kBlocks);
-    for (void* p : again) smalloc_free(p);
-  }).join();
-  EXPECT_EQ(std::set<void*>(again.begin(), again.end()), freed);
-  EXPECT_TRUE(std::is_sorted(again.begin(), again.end())) << "handed out in another order than their addresses";
-}
-
-// Beyond 1 MiB of a class the thread's free slots go to the shared list, in
-// address order too, so that whoever takes them (the thread itself, or one
-// whose slab ran out) takes them together.
-TEST(Reuse, FreeSlotsBeyondTheThreadsOwnGoToTheSharedListInAddressOrder) {
-  constexpr size_t kEightKiB = 8000;  // class 13: the thread keeps 128 slots
-  constexpr int kOwn = 128, kMany = 300;
-  std::vector<void*> again;
-  std::thread([&] {
-    std::vector<void*> v = AllocateBlocks(kEightKiB, kMany);
-    std::shuffle(v.begin(), v.end(), std::mt19937(11));
-    for (void* p : v) smalloc_free(p);  // the 129th and the 257th free move 128 to the shared list
-    again = AllocateBlocks(kEightKiB, kMany);
-    for (void* p : again) smalloc_free(p);
-  }).join();
-  const int kept = kMany - 2 * kOwn;
-  EXPECT_TRUE(std::is_sorted(again.begin(), again.begin() + kept));
-  EXPECT_TRUE(std::is_sorted(again.begin() + kept, again.begin() + kept + kOwn))
-      << "the second 128 went to the shared list in another order than their addresses";
-  EXPECT_TRUE(std::is_sorted(again.begin() + kept + kOwn, again.end()))
-      << "the first 128 went to the shared list in another order than their addresses";
-}
-
-// A double free is undefined, and the release build does not report it; but
-// a slot the thread holds free already is not handed out twice.
-TEST(Reuse, AThreadsOwnSlotFreedTwiceIsHandedOutOnce) {
-  void* a = nullptr;
-  void* b = nullptr;
-  std::thread([&] {
-    void* p = smalloc_malloc(kSize);
-    smalloc_free(p);
-    smalloc_free(p);
-    a = smalloc_malloc(kSize);
-    b = smalloc_malloc(kSize);
-    smalloc_free(a);
-    smalloc_free(b);
-  }).join();
-  EXPECT_NE(a, b);
 }
 
 // n blocks of `size` bytes, every byte written (so resident).
@@ -478,7 +420,7 @@ TEST(Trim, AListThatRepeatsASlotIsLeftAlone) {
     constexpr size_t kOdd = 1500;  // class 11: no other test here uses it
     std::vector<void*> v = AllocateBlocks(kOdd, 2000);
     for (void* p : v) smalloc_free(p);
-    smalloc_free(v[1500]);  // on the shared list already (moved there at the 1537th free), and now in the thread's bits
+    smalloc_free(v[1500]);  // beyond the private list: onto the shared one again
     smalloc_malloc_trim(0);
     _exit(0);
   }
