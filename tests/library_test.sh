@@ -17,7 +17,7 @@ done
 
 # Exported functions: the API (libc's names, smalloc_*, operator new/delete).
 bad=$(nm -D --defined-only "$lib" | awk '$2 ~ /[TW]/ {print $3}' |
-      grep -Ev '^(smalloc_|_Zn[wa]|_Zd[la]|malloc|free|calloc|realloc|reallocarray|posix_memalign|aligned_alloc|memalign|valloc|pvalloc|malloc_usable_size|malloc_trim|mallinfo|mallinfo2|mallopt|malloc_stats|malloc_info|free_sized|free_aligned_sized|_init|_fini)')
+      grep -Ev '^(smalloc_|_Zn[wa]|_Zd[la]|malloc|free|calloc|realloc|reallocarray|posix_memalign|aligned_alloc|memalign|valloc|pvalloc|malloc_usable_size|malloc_trim|mallinfo|mallinfo2|mallopt|malloc_stats|malloc_info|free_sized|free_aligned_sized|__libc_(malloc|free|calloc|realloc|memalign|valloc|pvalloc)|_init|_fini)')
 [[ -z $bad ]] || fail "unexpected exported symbols: $bad"
 
 maps=$(env -u SMALLOC_STATS_ADDR LD_PRELOAD="$lib" /usr/bin/python3 -c 'print(open("/proc/self/maps").read())')

@@ -27,6 +27,14 @@
 // C23's sized frees; glibc 2.36 does not declare them, libsmalloc exports them.
 extern "C" void free_sized(void* ptr, size_t size) noexcept;
 extern "C" void free_aligned_sized(void* ptr, size_t alignment, size_t size) noexcept;
+// glibc's other names for its allocator, which libsmalloc exports too.
+extern "C" void* __libc_malloc(size_t);
+extern "C" void __libc_free(void*);
+extern "C" void* __libc_calloc(size_t, size_t);
+extern "C" void* __libc_realloc(void*, size_t);
+extern "C" void* __libc_memalign(size_t, size_t);
+extern "C" void* __libc_valloc(size_t);
+extern "C" void* __libc_pvalloc(size_t);
 #endif
 
 namespace {
@@ -784,6 +792,33 @@ TEST(Override, LibcInternalAllocationsAreServedBySmalloc) {
   EXPECT_TRUE(Ours(s));
   EXPECT_STREQ(s, "smalloc");
   ::free(s);
+}
+
+// Programs that call glibc's __libc_ names directly reach us too, so that a
+// block never crosses from one allocator to the other.
+TEST(Override, LibcInternalNamesAreServedBySmalloc) {
+  void* a = __libc_malloc(40);
+  EXPECT_TRUE(Ours(a));
+  auto* c = static_cast<unsigned char*>(__libc_calloc(3, 50));
+  ASSERT_TRUE(Ours(c));
+  EXPECT_EQ(*std::max_element(c, c + 150), 0);
+  a = __libc_realloc(a, 5000);
+  EXPECT_TRUE(Ours(a));
+  void* m = __libc_memalign(256, 10);
+  EXPECT_TRUE(Ours(m));
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(m) % 256, 0u);
+  void* v = __libc_valloc(10);
+  void* pv = __libc_pvalloc(10);
+  EXPECT_TRUE(Ours(v));
+  EXPECT_TRUE(Ours(pv));
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(v) % 4096, 0u);
+  EXPECT_GE(::malloc_usable_size(pv), 4096u);
+  __libc_free(::malloc(24));  // ours, freed through the other name: must not reach glibc
+  ::free(a);
+  __libc_free(c);
+  __libc_free(m);
+  ::free(v);
+  __libc_free(pv);
 }
 
 // The two names reach one heap: a block from either frees through the other.
