@@ -72,9 +72,21 @@ struct ThreadState {
   // that malloc takes one without even looking at the layout. Only a thread
   // that owns its slab alone keeps one, and it hands the slots back to the
   // shared lists when it exits. A list holds at most kOwnListBytes (one slot
-  // if larger); the rest of the thread's frees go to the shared list, where
-  // other threads can take them too. Its length is counts.listed[cls].
+  // if larger); the rest of the thread's frees go to the shared list (by
+  // way of `staged`), where other threads can take them too. Its length is
+  // counts.listed[cls].
   char* own_head[kNumClasses];
+  // What the thread frees of its own slab beyond its list, per class, up to
+  // kStagedMaxClass: staged in a bitmap (Layout::staged_bits0), and handed
+  // to the shared list as one chain in address order (one CAS) once as many
+  // as the list holds are staged, or when the thread would otherwise take a
+  // never-used slot of the class. Whoever takes them then takes them
+  // together in memory, however they were freed: pushed one by one, a tree
+  // or a batch freed in random order came back scattered over the slab, and
+  // every reuse scattered it further. staged_from is the lowest word that
+  // may have a bit (null if none).
+  uint64_t* staged_from[kNumClasses];
+  uint32_t staged[kNumClasses];
   // Bytes of never-used slots the thread has taken since it last trimmed:
   // see Heap::kAutoTrimBytes.
   uint64_t fresh_bytes;
@@ -84,6 +96,7 @@ struct ThreadState {
 };
 extern __thread ThreadState t_thread __attribute__((tls_model("initial-exec")));
 inline constexpr uint64_t kOwnListBytes = 1 << 20;
+inline constexpr unsigned kStagedMaxClass = 14;  // 64 slots staged at least: one chain per 64 frees or fewer
 // How many slots a class's list may hold: none for the classes discarded on free.
 inline constexpr auto kOwnListLimit = [] {
   std::array<uint32_t, kNumClasses> limit{};
@@ -179,6 +192,8 @@ class Heap {
         if constexpr (Policy::kStats) {
           if (r.valid) stats::add(t_thread.counts.frees_not_listed[w.cls], 1, false);
         }
+        if (r.slot && w.cls <= kStagedMaxClass && Layout::has_staged_bits(w.cls, L.span_shift))
+          return stage(L, w);
       } else if constexpr (Policy::kStats) {
         if (r.valid) stats::add(stats::area(L).rows[me].slab[w.cls][w.slab].frees, 1, false);
       }
@@ -266,6 +281,7 @@ class Heap {
   // next owner (or any thread failing over) finds them.
   void return_thread_lists(ThreadState& t) {
     const Layout L = layout();
+    for (unsigned cls = 0; cls <= kStagedMaxClass; ++cls) unstage(L, t, cls);
     for (unsigned cls = 0; cls < kNumClasses; ++cls) {
       // Counted, not followed to its end: a double free may have made it a loop.
       const uint32_t length = t.counts.listed[cls];
@@ -328,6 +344,55 @@ class Heap {
                                      std::memory_order_release, std::memory_order_relaxed))
         return;
     }
+  }
+
+  // See ThreadState::staged.
+  [[gnu::noinline]] static void stage(const Layout L, const Where w) {
+    const uintptr_t pos = L.staged_pos(w.cls, w.slab, w.index);
+    uint64_t* const word = reinterpret_cast<uint64_t*>(L.staged_bits0(w.cls)) + (pos >> 6);
+    const uint64_t bit = uint64_t{1} << (pos & 63), bits = *word;
+    if (bits & bit) return;  // staged already (a double free): once is enough
+    *word = bits | bit;
+    if (bits == 0) {
+      reinterpret_cast<uint64_t*>(L.staged_bits1(w.cls))[pos >> 12] |= uint64_t{1} << ((pos >> 6) & 63);
+      if (uintptr_t(word) - 1 < uintptr_t(t_thread.staged_from[w.cls]) - 1) t_thread.staged_from[w.cls] = word;
+    }
+    if (++t_thread.staged[w.cls] == kOwnListLimit[w.cls]) unstage(L, t_thread, w.cls);
+  }
+
+  // Hands t's staged slots of `cls` to the shared list, lowest first.
+  [[gnu::noinline, gnu::cold]] static void unstage(const Layout& L, ThreadState& t, unsigned cls) {
+    uint32_t left = t.staged[cls];
+    if (left == 0 || t.staged_from[cls] == nullptr) return;
+    auto* const bits0 = reinterpret_cast<uint64_t*>(L.staged_bits0(cls));
+    auto* const bits1 = reinterpret_cast<uint64_t*>(L.staged_bits1(cls));
+    const uintptr_t from = uintptr_t(t.staged_from[cls] - bits0);  // the lowest level-0 word with a bit
+    const uint32_t slots = L.slots_per_slab(cls);
+    const unsigned slab = unsigned((from * 64) >> (L.span_shift - cls));
+    const uintptr_t end = (L.staged_pos(cls, slab, 0) + slots) >> 12;  // the slab's last level-1 word, plus one
+    uint32_t first = 0;
+    char* last = nullptr;
+    for (uintptr_t i1 = from / 64; i1 < end && left != 0; ++i1) {
+      for (uint64_t m = bits1[i1]; m != 0 && left != 0; m &= m - 1) {
+        const uintptr_t i0 = i1 * 64 + uintptr_t(__builtin_ctzll(m));
+        for (uint64_t b = bits0[i0]; b != 0 && left != 0; b &= b - 1, --left) {
+          const uint32_t index = uint32_t((i0 * 64 + uintptr_t(__builtin_ctzll(b))) & (slots - 1));
+          if (last) Policy::write_link(last, kTouched | index);
+          else first = kTouched | index;
+          last = L.slot(cls, slab, index);
+        }
+        bits0[i0] = 0;
+      }
+      bits1[i1] = 0;
+    }
+    t.staged[cls] = 0;
+    t.staged_from[cls] = nullptr;
+    if (!last) return;
+    auto& head = L.head<FreeListHead>(cls, slab).word;
+    uint64_t old = head.load(std::memory_order_relaxed);
+    do Policy::write_link(last, uint32_t(old));
+    while (!head.compare_exchange_weak(old, ((old & kCountMask) + kCountOne) | first, std::memory_order_release,
+                                       std::memory_order_relaxed));
   }
 
   // Takes the slab's whole free list, marks its slots in `marks` (all zero on
@@ -518,6 +583,15 @@ class Heap {
     const Layout L = layout();
     const unsigned home = t_thread.slab_plus_one - 1;
     bool fresh;
+    if constexpr (kProcessHeap) {
+      if (cls <= kStagedMaxClass && t_thread.staged[cls] != 0) {
+        unstage(L, t_thread, cls);
+        if (char* slot = pop<false>(L, cls, home, fresh)) {
+          count_allocation(L, home, cls, home, size, false, false);
+          return finish(slot, cls, size, align, kind, zero, false);
+        }
+      }
+    }
     if (t_thread.look_wait[cls] == 0) {
       const unsigned start = t_thread.look_from[cls];
       for (unsigned k = 0; k < kNumSlabs; ++k) {

@@ -70,8 +70,8 @@ struct Area {
 
 inline constexpr size_t kHeadsBytes = size_t{kNumClasses} * kNumSlabs * kHeadBytes;
 static_assert(kHeadsBytes % 64 == 0);
-static_assert(kHeadsBytes + sizeof(Area) <= Layout::area_bytes(kMinSpanShift),
-              "the counters must fit in area 0 of the smallest layout");
+static_assert(kHeadsBytes + sizeof(Area) <= Layout::area_bytes(kMinSpanShift) - Layout::staged_bits_bytes(kMinSpanShift),
+              "the counters must fit in area 0 of the smallest layout, before the staged bits at its end");
 
 inline Area& area(const Layout& L) { return *reinterpret_cast<Area*>(L.base + kHeadsBytes); }
 

@@ -22,6 +22,7 @@
 #include <string>
 #include <mutex>
 #include <memory>
+#include <random>
 #include <set>
 #include <thread>
 #include <vector>
@@ -145,6 +146,72 @@ TEST(Reuse, ALiveThreadsPrivateListIsBounded) {
   std::thread([&] { other = AllocateBlocks(kKiB, kMany - kept_private); }).join();
   EXPECT_LE(Touched(cls) - touched, 1u) << "the owner's free slots beyond its private list were not shared";
   for (void* p : other) smalloc_free(p);
+}
+
+// What a thread frees of its own slab beyond its private list goes to the
+// shared list in address order, as many as the list holds at a time, so that
+// whoever takes them next takes them together in memory however they were
+// freed.
+constexpr size_t kSixteenKiB = 16000;  // class 14: a private list of 64 slots
+constexpr int kListed = 64;
+
+TEST(Reuse, FreesBeyondTheThreadsListReachTheSharedListInAddressOrder) {
+  constexpr int kMany = kListed + 2 * kListed + 10;
+  std::vector<void*> again;
+  std::thread([&] {
+    std::vector<void*> v = AllocateBlocks(kSixteenKiB, kMany);
+    std::shuffle(v.begin(), v.end(), std::mt19937(7));
+    for (void* p : v) smalloc_free(p);  // 64 listed, then 64 and 64 to the shared list, 10 left staged
+    again = AllocateBlocks(kSixteenKiB, kMany);  // the list, then the shared list: the last 64 first
+    for (void* p : again) smalloc_free(p);
+  }).join();
+  EXPECT_TRUE(std::is_sorted(again.begin() + kListed, again.begin() + 2 * kListed))
+      << "the second 64 reached the shared list in another order than their addresses";
+  EXPECT_TRUE(std::is_sorted(again.begin() + 2 * kListed, again.begin() + 3 * kListed))
+      << "the first 64 reached the shared list in another order than their addresses";
+}
+
+// Takes the free slots of `cls` that threads of earlier tests left in the
+// calling thread's slab, until a new slot comes: then what the test frees
+// is all the slab has.
+std::vector<void*> TakeLeftovers(unsigned cls, size_t size) {
+  std::vector<void*> taken{smalloc_malloc(size)};  // the heap exists before its counts are read
+  for (auto before = Touched(cls); Touched(cls) == before && taken.size() < 100000;)
+    taken.push_back(smalloc_malloc(size));
+  return taken;
+}
+
+TEST(Reuse, StagedFreeSlotsAreTakenBeforeNewMemory) {
+  constexpr int kMany = kListed + 10;  // 10 staged, too few to go to the shared list yet
+  const unsigned cls = 14;
+  std::thread([&] {
+    const std::vector<void*> leftovers = TakeLeftovers(cls, kSixteenKiB);
+    std::vector<void*> v = AllocateBlocks(kSixteenKiB, kMany);
+    for (void* p : v) smalloc_free(p);
+    const auto touched = Touched(cls);
+    std::vector<void*> again = AllocateBlocks(kSixteenKiB, kMany);
+    EXPECT_EQ(Touched(cls), touched) << "new slots were touched while the thread held staged free ones";
+    EXPECT_EQ(std::set<void*>(again.begin(), again.end()), std::set<void*>(v.begin(), v.end()));
+    for (void* p : again) smalloc_free(p);
+    for (void* p : leftovers) smalloc_free(p);
+  }).join();
+}
+
+// The next thread takes the exited one's slab, and with it what it staged.
+TEST(Reuse, StagedFreeSlotsOutliveTheThread) {
+  constexpr int kMany = kListed + 10;
+  const unsigned cls = 14;
+  std::vector<void*> first, leftovers, second;
+  std::thread([&] {
+    leftovers = TakeLeftovers(cls, kSixteenKiB);  // freed only at the end: the slab holds first's slots alone
+    first = AllocateBlocks(kSixteenKiB, kMany);
+    for (void* p : first) smalloc_free(p);
+  }).join();
+  std::thread([&] { second = AllocateBlocks(kSixteenKiB, kMany); }).join();
+  EXPECT_EQ(std::set<void*>(second.begin(), second.end()), std::set<void*>(first.begin(), first.end()))
+      << "slots staged by the exited thread were stranded";
+  for (void* p : second) smalloc_free(p);
+  for (void* p : leftovers) smalloc_free(p);
 }
 
 // n blocks of `size` bytes, every byte written (so resident).
