@@ -46,7 +46,11 @@ void release_slab(void* value) {
 // stay taken, and the slots on their private lists stranded: give both back,
 // as their exit would have. (A thread interrupted inside free() may lose the
 // one slot it was freeing; one inside a stats read has its count reset.)
+void before_fork() { g_heap.begin_fork(); }
+void after_fork_in_parent() { g_heap.end_fork(false); }
+
 void after_fork_in_child() {
+  g_heap.end_fork(true);
   const Layout L = g_heap.layout();
   if (L.max_class() < kMinClass) return;
   if constexpr (Policy::kStats) stats::forget_readers(L);
@@ -62,7 +66,9 @@ void after_fork_in_child() {
 }
 
 // pthread_atfork may allocate, so it is called here, never from malloc.
-[[gnu::constructor]] void handle_fork_children() { pthread_atfork(nullptr, nullptr, after_fork_in_child); }
+[[gnu::constructor]] void handle_fork_children() {
+  pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+}
 
 // A pthread key's destructor tells us when the thread exits. Neither creating
 // the key nor setting a low-numbered key's value allocates; if the value does

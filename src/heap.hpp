@@ -23,6 +23,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <ctime>
+
+#include <sched.h>
 
 #include "huge.hpp"
 #include "layout.hpp"
@@ -494,13 +497,48 @@ class Heap {
     const size_t bitmap_bytes = std::max<size_t>(L.slots_per_slab(kMinClass) / 8, pal::kPageSize);
     if (auto* marks = static_cast<uint64_t*>(pal::reserve(bitmap_bytes))) {
       for (unsigned cls = L.max_class(); cls >= kMinClass && budget != 0; --cls)
-        for (unsigned slab = 0; slab < kNumSlabs && budget != 0; ++slab)
-          released |= trim_slab(L, cls, slab, marks, budget);
+        for (unsigned slab = 0; slab < kNumSlabs && budget != 0; ++slab) {
+          if (!enter_trim()) budget = 0;  // a fork is waiting: stop
+          else released |= trim_slab(L, cls, slab, marks, budget), trims_.fetch_sub(1, std::memory_order_release);
+        }
       pal::unmap(marks, bitmap_bytes);
     }
     return released;
   }
 
+  // A slab being trimmed has its free list off the head (trim_slab): a fork
+  // child, where the trimming thread does not exist, would never get it
+  // back. So fork() waits for the trims under way (begin_fork), and no new
+  // one starts until it is done. seq_cst on both sides: either the trimmer
+  // sees the fork coming or the fork sees the trim.
+  bool enter_trim() {
+    trims_.fetch_add(1, std::memory_order_seq_cst);
+    if (!forking_.load(std::memory_order_seq_cst)) return true;
+    trims_.fetch_sub(1, std::memory_order_release);
+    return false;
+  }
+
+ public:
+  // From pthread_atfork's handlers. The wait is bounded (a trimmer that
+  // never runs again, stopped or in the signal handler that forks, must not
+  // hang the fork): after it the child may find one slab's free slots gone.
+  void begin_fork() {
+    forking_.store(true, std::memory_order_seq_cst);
+    timespec start{}, now{};
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    while (trims_.load(std::memory_order_seq_cst) != 0) {
+      sched_yield();
+      clock_gettime(CLOCK_MONOTONIC, &now);
+      if (now.tv_sec - start.tv_sec >= kForkWaitSeconds) break;
+    }
+  }
+  void end_fork(bool child) {
+    if (child) trims_.store(0, std::memory_order_relaxed);  // the threads that counted there are gone
+    forking_.store(false, std::memory_order_release);
+  }
+  static constexpr long kForkWaitSeconds = 2;
+
+ private:
   // By value, so that the hot path's Layout and Where stay in registers.
   [[gnu::noinline, gnu::cold]] void discard_and_push(const Layout L, Where w, char* slot) {
     if (w.cls == kKeptClass && !(slot = swap_kept(L, slot, w))) return;
@@ -703,6 +741,8 @@ class Heap {
 
   std::atomic<uintptr_t> layout_{Layout::kUninitialised};
   std::atomic<char*> kept_{nullptr};  // a free slot of kKeptClass, not discarded, on no list
+  std::atomic<uint32_t> trims_{0};     // trim_slab calls under way
+  std::atomic<bool> forking_{false};   // a fork() is waiting for them
   unsigned preferred_span_shift_;
 };
 

@@ -477,6 +477,52 @@ TEST(Trim, TrimmingWhileThreadsAllocateLosesNothing) {
   EXPECT_EQ(Outstanding(9), 0) << "the counts missed slots handed from a private list back to the shared ones";
 }
 
+// A fork taken while another thread trims a slab, whose free list is off its
+// head meanwhile, must leave the child every free slot: fork waits for the
+// trim. Here a thread trims over and over a list of 200,000 slots (each trim
+// takes milliseconds), and the main thread forks into it.
+TEST(Trim, AForkDuringATrimLeavesTheChildEveryFreeSlot) {
+  constexpr size_t kSmall = 24;  // class 5
+  const unsigned cls = 5;
+  std::vector<void*> pool;
+  std::thread([&] {
+    std::vector<void*> v = AllocateBlocks(kSmall, 200000);
+    pool = AllocateBlocks(kSmall, 20000);
+    for (void* p : v) smalloc_free(p);  // all on its slab's shared list once it exits
+  }).join();
+  std::atomic<bool> stop{false};
+  std::thread trimmer([&] {
+    for (size_t i = 0; !stop.load() && i < pool.size(); ++i) {
+      smalloc_free(pool[i]);  // news for that slab's list, so the trim takes it again
+      pool[i] = nullptr;
+      smalloc_malloc_trim(0);
+    }
+  });
+  int failures = 0;
+  for (int round = 0; round < 20; ++round) {
+    std::this_thread::sleep_for(std::chrono::microseconds(500 + 250 * round));
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      alarm(20);
+      smalloc_malloc_trim(0);  // this thread's own slots go to the shared lists too
+      const long long free_slots = (long long)Touched(cls) - Outstanding(cls);
+      const auto touched = Touched(cls);
+      // A new thread: no private list, and it looks in other slabs at once.
+      std::thread([&] { AllocateBlocks(kSmall, int(free_slots)); }).join();
+      _exit(Touched(cls) == touched ? 0 : 1);
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status)) << "status " << status;
+    failures += WEXITSTATUS(status);
+  }
+  stop = true;
+  trimmer.join();
+  for (void* p : pool) smalloc_free(p);
+  EXPECT_EQ(failures, 0) << "children that found free slots missing and touched new memory instead";
+}
+
 // A double free (undefined, and not detected by the release build) makes a
 // free list repeat a slot: trimming must leave such a list alone, not loop.
 TEST(Trim, AListThatRepeatsASlotIsLeftAlone) {
