@@ -42,13 +42,14 @@ void release_slab(void* value) {
   g_live_slabs.fetch_and(~(uint64_t{1} << slab), std::memory_order_release);
 }
 
+// A fork waits for the slab trims under way (Heap::begin_fork).
+void before_fork() { g_heap.begin_fork(); }
+void after_fork_in_parent() { g_heap.end_fork(false); }
+
 // In a fork child only the forking thread lives on. The others' slabs would
 // stay taken, and the slots on their private lists stranded: give both back,
 // as their exit would have. (A thread interrupted inside free() may lose the
 // one slot it was freeing; one inside a stats read has its count reset.)
-void before_fork() { g_heap.begin_fork(); }
-void after_fork_in_parent() { g_heap.end_fork(false); }
-
 void after_fork_in_child() {
   g_heap.end_fork(true);
   const Layout L = g_heap.layout();

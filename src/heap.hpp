@@ -498,8 +498,12 @@ class Heap {
     if (auto* marks = static_cast<uint64_t*>(pal::reserve(bitmap_bytes))) {
       for (unsigned cls = L.max_class(); cls >= kMinClass && budget != 0; --cls)
         for (unsigned slab = 0; slab < kNumSlabs && budget != 0; ++slab) {
-          if (!enter_trim()) budget = 0;  // a fork is waiting: stop
-          else released |= trim_slab(L, cls, slab, marks, budget), trims_.fetch_sub(1, std::memory_order_release);
+          if (!enter_trim()) {  // a fork is waiting: stop
+            budget = 0;
+            break;
+          }
+          released |= trim_slab(L, cls, slab, marks, budget);
+          trims_.fetch_sub(1, std::memory_order_release);
         }
       pal::unmap(marks, bitmap_bytes);
     }
