@@ -42,6 +42,22 @@ void release_slab(void* value) {
   g_live_slabs.fetch_and(~(uint64_t{1} << slab), std::memory_order_release);
 }
 
+// A fork child's copies of what the threads that did not follow it held to
+// themselves: their private lists and staged slots. They go back to the
+// shared lists class by class, when a thread of the child first needs a new
+// slot of the class (or trims), not in the fork handler: giving a slot back
+// writes into it, a copy-on-write fault per page, and four busy threads'
+// lists made every fork cost some 75 ms (5 ms without), in a child that may
+// only exec. Copies, because the dead threads' TLS is reused by the child's
+// next threads.
+constinit ThreadState g_orphans[kNumSlabs]{};
+constinit std::atomic<uint64_t> g_orphan_slabs{0};
+
+void adopt_orphan_class(const Layout& L, unsigned cls) {
+  for (uint64_t m = g_orphan_slabs.load(std::memory_order_acquire); m != 0; m &= m - 1)
+    g_heap.return_thread_list(L, g_orphans[__builtin_ctzll(m)], cls);
+}
+
 // A fork waits for the slab trims under way (Heap::begin_fork).
 void before_fork() { g_heap.begin_fork(); }
 void after_fork_in_parent() { g_heap.end_fork(false); }
@@ -59,8 +75,16 @@ void after_fork_in_child() {
   for (unsigned slab = 0; slab < kNumSlabs; ++slab) {
     ThreadState* t = g_slab_thread[slab].load(std::memory_order_relaxed);
     if (slab == mine || !t) continue;
-    g_heap.return_thread_lists(*t);
+    // One left by an earlier fork of an ancestor, not yet adopted: it goes
+    // back now (rare: a fork from a forked child's threads).
+    if (g_orphan_slabs.load(std::memory_order_relaxed) & (uint64_t{1} << slab))
+      g_heap.return_thread_lists(g_orphans[slab]);
     if constexpr (Policy::kStats) stats::retire_own(L, slab, t->counts);
+    g_orphans[slab] = *t;
+    for (unsigned cls = 0; cls < kNumClasses; ++cls)
+      if (t->own_head[cls] != nullptr || (cls <= kStagedMaxClass && t->staged[cls] != 0))
+        g_orphan_classes.fetch_or(uint64_t{1} << cls, std::memory_order_relaxed);
+    g_orphan_slabs.fetch_or(uint64_t{1} << slab, std::memory_order_release);
     g_slab_thread[slab].store(nullptr, std::memory_order_relaxed);
     g_live_slabs.fetch_and(~(uint64_t{1} << slab), std::memory_order_relaxed);
   }
@@ -87,6 +111,17 @@ void release_at_thread_exit(unsigned slab) {
 }
 
 }  // namespace
+
+constinit std::atomic<uint64_t> g_orphan_classes{0};
+
+void adopt_orphans(unsigned cls) {
+  // The lists are off their records while they go back: a fork meanwhile
+  // waits, as for a trim; one already waiting leaves this for later.
+  if (!g_heap.enter_trim()) return;
+  adopt_orphan_class(g_heap.layout(), cls);
+  g_orphan_classes.fetch_and(~(uint64_t{1} << cls), std::memory_order_relaxed);
+  g_heap.leave_trim();
+}
 
 unsigned assign_thread_slab() {
   uint64_t live = g_live_slabs.load(std::memory_order_relaxed);

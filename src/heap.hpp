@@ -109,6 +109,12 @@ inline constexpr auto kOwnListLimit = [] {
 
 unsigned assign_thread_slab();  // cold: takes a slab no live thread has, if any
 
+// In a fork child, the free slots that threads which did not follow it held
+// to themselves, by class: see heap.cpp. Bit c is set while some may be of
+// class c.
+extern std::atomic<uint64_t> g_orphan_classes;
+void adopt_orphans(unsigned cls);  // cold: hands them to the shared lists
+
 inline unsigned thread_slab() {
   unsigned s = t_thread.slab_plus_one;
   return __builtin_expect(s != 0, 1) ? (s - 1) % kNumSlabs : assign_thread_slab();
@@ -284,24 +290,29 @@ class Heap {
   // next owner (or any thread failing over) finds them.
   void return_thread_lists(ThreadState& t) {
     const Layout L = layout();
-    for (unsigned cls = 0; cls <= kStagedMaxClass; ++cls) unstage(L, t, cls);
-    for (unsigned cls = 0; cls < kNumClasses; ++cls) {
-      // Counted, not followed to its end: a double free may have made it a loop.
-      const uint32_t length = t.counts.listed[cls];
-      uint32_t left = length;
-      for (char* slot = t.own_head[cls]; slot != nullptr && left-- > 0;) {
-        char* next;
-        std::memcpy(&next, slot, sizeof next);
-        Where w;
-        if (L.locate(slot, w)) push(L, w, slot);
-        slot = next;
-      }
-      t.own_head[cls] = nullptr;
-      // The list's length first: a reader that sees the slots returned sees
-      // them gone from the list (OwnSlabCounters).
-      std::atomic_ref<uint32_t>(t.counts.listed[cls]).store(0, std::memory_order_relaxed);
-      std::atomic_ref<uint64_t>(t.counts.returned[cls]).store(t.counts.returned[cls] + length, std::memory_order_release);
+    for (unsigned cls = 0; cls < kNumClasses; ++cls) return_thread_list(L, t, cls);
+  }
+
+  // One class of them. Each list is taken with an atomic exchange, so that
+  // threads of a fork child adopting the same orphan's (adopt_orphans) never
+  // both walk one.
+  static void return_thread_list(const Layout& L, ThreadState& t, unsigned cls) {
+    if (cls <= kStagedMaxClass) unstage(L, t, cls);
+    char* slot = std::atomic_ref<char*>(t.own_head[cls]).exchange(nullptr, std::memory_order_acquire);
+    if (slot == nullptr) return;
+    // Counted, not followed to its end: a double free may have made it a loop.
+    const uint32_t length = t.counts.listed[cls];
+    for (uint32_t left = length; slot != nullptr && left-- > 0;) {
+      char* next;
+      std::memcpy(&next, slot, sizeof next);
+      Where w;
+      if (L.locate(slot, w)) push(L, w, slot);
+      slot = next;
     }
+    // The list's length first: a reader that sees the slots returned sees
+    // them gone from the list (OwnSlabCounters).
+    std::atomic_ref<uint32_t>(t.counts.listed[cls]).store(0, std::memory_order_relaxed);
+    std::atomic_ref<uint64_t>(t.counts.returned[cls]).store(t.counts.returned[cls] + length, std::memory_order_release);
   }
 
   // Puts a slot back on its slab's free list. The debug policy calls it when a
@@ -365,11 +376,12 @@ class Heap {
 
   // Hands t's staged slots of `cls` to the shared list, lowest first.
   [[gnu::noinline, gnu::cold]] static void unstage(const Layout& L, ThreadState& t, unsigned cls) {
+    uint64_t* const lowest = std::atomic_ref<uint64_t*>(t.staged_from[cls]).exchange(nullptr, std::memory_order_acquire);
     uint32_t left = t.staged[cls];
-    if (left == 0 || t.staged_from[cls] == nullptr) return;
+    if (left == 0 || lowest == nullptr) return;
     auto* const bits0 = reinterpret_cast<uint64_t*>(L.staged_bits0(cls));
     auto* const bits1 = reinterpret_cast<uint64_t*>(L.staged_bits1(cls));
-    const uintptr_t from = uintptr_t(t.staged_from[cls] - bits0);  // the lowest level-0 word with a bit
+    const uintptr_t from = uintptr_t(lowest - bits0);  // the lowest level-0 word with a bit
     const uint32_t slots = L.slots_per_slab(cls);
     const unsigned slab = unsigned((from * 64) >> (L.span_shift - cls));
     const uintptr_t end = (L.staged_pos(cls, slab, 0) + slots) >> 12;  // the slab's last level-1 word, plus one
@@ -389,7 +401,6 @@ class Heap {
       bits1[i1] = 0;
     }
     t.staged[cls] = 0;
-    t.staged_from[cls] = nullptr;
     if (!last) return;
     auto& head = L.head<FreeListHead>(cls, slab).word;
     uint64_t old = head.load(std::memory_order_relaxed);
@@ -492,7 +503,11 @@ class Heap {
   static constexpr uint64_t kAutoTrimSlots = uint64_t{1} << 16;
   [[gnu::cold, gnu::noinline]] bool trim_slabs(const Layout& L, uint64_t budget = UINT64_MAX) {
     bool released = false;
-    if constexpr (kProcessHeap) return_thread_lists(t_thread);
+    if constexpr (kProcessHeap) {
+      return_thread_lists(t_thread);
+      for (uint64_t m = g_orphan_classes.load(std::memory_order_relaxed); m != 0; m &= m - 1)
+        adopt_orphans(unsigned(__builtin_ctzll(m)));
+    }
     // One bit per slot of the largest slab, zero-filled on first touch.
     const size_t bitmap_bytes = std::max<size_t>(L.slots_per_slab(kMinClass) / 8, pal::kPageSize);
     if (auto* marks = static_cast<uint64_t*>(pal::reserve(bitmap_bytes))) {
@@ -503,26 +518,28 @@ class Heap {
             break;
           }
           released |= trim_slab(L, cls, slab, marks, budget);
-          trims_.fetch_sub(1, std::memory_order_release);
+          leave_trim();
         }
       pal::unmap(marks, bitmap_bytes);
     }
     return released;
   }
 
+ public:
   // A slab being trimmed has its free list off the head (trim_slab): a fork
   // child, where the trimming thread does not exist, would never get it
   // back. So fork() waits for the trims under way (begin_fork), and no new
   // one starts until it is done. seq_cst on both sides: either the trimmer
-  // sees the fork coming or the fork sees the trim.
+  // sees the fork coming or the fork sees the trim. Also around
+  // adopt_orphans, which takes lists off their records too.
   bool enter_trim() {
     trims_.fetch_add(1, std::memory_order_seq_cst);
     if (!forking_.load(std::memory_order_seq_cst)) return true;
     trims_.fetch_sub(1, std::memory_order_release);
     return false;
   }
+  void leave_trim() { trims_.fetch_sub(1, std::memory_order_release); }
 
- public:
   // From pthread_atfork's handlers. The wait is bounded (a trimmer that
   // never runs again, stopped or in the signal handler that forks, must not
   // hang the fork): after it the child may find one slab's free slots gone.
@@ -626,6 +643,7 @@ class Heap {
     const unsigned home = t_thread.slab_plus_one - 1;
     bool fresh;
     if constexpr (kProcessHeap) {
+      if ((g_orphan_classes.load(std::memory_order_relaxed) >> cls) & 1) adopt_orphans(cls);
       if (cls <= kStagedMaxClass && t_thread.staged[cls] != 0) {
         unstage(L, t_thread, cls);
         if (char* slot = pop<false>(L, cls, home, fresh)) {
