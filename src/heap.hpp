@@ -57,6 +57,8 @@ inline constexpr unsigned kGrowerClass = kDiscardClass - 1;  // 2 MiB
 // in again when next used (realloc-step 1.5x slower).
 inline constexpr unsigned kMovePagesClass = kKeptClass + 1;
 
+inline constexpr unsigned kStagedMaxClass = 14;  // 64 slots staged at least: one chain per 64 frees or fewer
+
 // Everything a thread keeps for the process heap, in one block of initial-exec
 // TLS: the hot paths find all of it from one thread-pointer offset.
 struct ThreadState {
@@ -88,8 +90,8 @@ struct ThreadState {
   // or a batch freed in random order came back scattered over the slab, and
   // every reuse scattered it further. staged_from is the lowest word that
   // may have a bit (null if none).
-  uint64_t* staged_from[kNumClasses];
-  uint32_t staged[kNumClasses];
+  uint64_t* staged_from[kStagedMaxClass + 1];
+  uint32_t staged[kStagedMaxClass + 1];
   // Bytes of never-used slots the thread has taken since it last trimmed:
   // see Heap::kAutoTrimBytes.
   uint64_t fresh_bytes;
@@ -99,7 +101,6 @@ struct ThreadState {
 };
 extern __thread ThreadState t_thread __attribute__((tls_model("initial-exec")));
 inline constexpr uint64_t kOwnListBytes = 1 << 20;
-inline constexpr unsigned kStagedMaxClass = 14;  // 64 slots staged at least: one chain per 64 frees or fewer
 // How many slots a class's list may hold: none for the classes discarded on free.
 inline constexpr auto kOwnListLimit = [] {
   std::array<uint32_t, kNumClasses> limit{};
