@@ -53,18 +53,14 @@ void release_slab(void* value) {
 constinit ThreadState g_orphans[kNumSlabs]{};
 constinit std::atomic<uint64_t> g_orphan_slabs{0};
 
-void adopt_orphan_class(const Layout& L, unsigned cls) {
-  for (uint64_t m = g_orphan_slabs.load(std::memory_order_acquire); m != 0; m &= m - 1)
-    g_heap.return_thread_list(L, g_orphans[__builtin_ctzll(m)], cls);
-}
-
 // A fork waits for the slab trims under way (Heap::begin_fork).
 void before_fork() { g_heap.begin_fork(); }
 void after_fork_in_parent() { g_heap.end_fork(false); }
 
 // In a fork child only the forking thread lives on. The others' slabs would
-// stay taken, and the slots on their private lists stranded: give both back,
-// as their exit would have. (A thread interrupted inside free() may lose the
+// stay taken, and the slots they held to themselves stranded: the slabs are
+// freed, and the slots recorded in g_orphans for the child's threads to take
+// back as they need them. (A thread interrupted inside free() may lose the
 // one slot it was freeing; one inside a stats read has its count reset.)
 void after_fork_in_child() {
   g_heap.end_fork(true);
@@ -118,7 +114,9 @@ void adopt_orphans(unsigned cls) {
   // The lists are off their records while they go back: a fork meanwhile
   // waits, as for a trim; one already waiting leaves this for later.
   if (!g_heap.enter_trim()) return;
-  adopt_orphan_class(g_heap.layout(), cls);
+  const Layout L = g_heap.layout();
+  for (uint64_t m = g_orphan_slabs.load(std::memory_order_acquire); m != 0; m &= m - 1)
+    g_heap.return_thread_list(L, g_orphans[__builtin_ctzll(m)], cls);
   g_orphan_classes.fetch_and(~(uint64_t{1} << cls), std::memory_order_relaxed);
   g_heap.leave_trim();
 }

@@ -351,12 +351,18 @@ class Heap {
   }
 
   static void push(const Layout& L, const Where& w, char* slot) {
-    auto& head = L.head<FreeListHead>(w.cls, w.slab).word;
+    push_chain(L, w.cls, w.slab, kTouched | w.index, slot);
+  }
+
+  // Puts a chain of free slots, linked already from `first` (a link) to
+  // `last` (a slot), in front of (cls, slab)'s list: one push.
+  static void push_chain(const Layout& L, unsigned cls, unsigned slab, uint32_t first, char* last) {
+    auto& head = L.head<FreeListHead>(cls, slab).word;
     uint64_t old = head.load(std::memory_order_relaxed);
     for (;;) {
-      Policy::write_link(slot, uint32_t(old));
-      if (head.compare_exchange_weak(old, ((old & kCountMask) + kCountOne) | kTouched | w.index,
-                                     std::memory_order_release, std::memory_order_relaxed))
+      Policy::write_link(last, uint32_t(old));
+      if (head.compare_exchange_weak(old, ((old & kCountMask) + kCountOne) | first, std::memory_order_release,
+                                     std::memory_order_relaxed))
         return;
     }
   }
@@ -402,12 +408,7 @@ class Heap {
       bits1[i1] = 0;
     }
     t.staged[cls] = 0;
-    if (!last) return;
-    auto& head = L.head<FreeListHead>(cls, slab).word;
-    uint64_t old = head.load(std::memory_order_relaxed);
-    do Policy::write_link(last, uint32_t(old));
-    while (!head.compare_exchange_weak(old, ((old & kCountMask) + kCountOne) | first, std::memory_order_release,
-                                       std::memory_order_relaxed));
+    if (last) push_chain(L, cls, slab, first, last);
   }
 
   // Takes the slab's whole free list, marks its slots in `marks` (all zero on
@@ -536,7 +537,7 @@ class Heap {
   bool enter_trim() {
     trims_.fetch_add(1, std::memory_order_seq_cst);
     if (!forking_.load(std::memory_order_seq_cst)) return true;
-    trims_.fetch_sub(1, std::memory_order_release);
+    leave_trim();
     return false;
   }
   void leave_trim() { trims_.fetch_sub(1, std::memory_order_release); }
@@ -764,7 +765,7 @@ class Heap {
 
   std::atomic<uintptr_t> layout_{Layout::kUninitialised};
   std::atomic<char*> kept_{nullptr};  // a free slot of kKeptClass, not discarded, on no list
-  std::atomic<uint32_t> trims_{0};     // trim_slab calls under way
+  std::atomic<uint32_t> trims_{0};     // trim_slab and adopt_orphans calls under way
   std::atomic<bool> forking_{false};   // a fork() is waiting for them
   unsigned preferred_span_shift_;
 };
