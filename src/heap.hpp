@@ -411,65 +411,92 @@ class Heap {
     if (last) push_chain(L, cls, slab, first, last);
   }
 
-  // Takes the slab's whole free list, marks its slots in `marks` (all zero on
-  // entry, and again on return), and if the slots just below the first
-  // untouched one are free for whole pages, discards those pages and makes
-  // the slots untouched again (zero, as untouched slots are); the other free
-  // slots go back in address order. Meanwhile the slab looks full: its
+  // Takes the slab's whole free list, marks its slots in trim_marks_ (zero
+  // on entry and on return but for a pending walk's, below), and if the slots just below the
+  // first untouched one are free for whole pages, discards those pages and
+  // makes the slots untouched again (zero, as untouched slots are); the other
+  // free slots go back in address order. Meanwhile the slab looks full: its
   // allocations go elsewhere, and what is freed into it waits on the head,
   // to be put back in front of the rest.
-  // `budget` is how many more slots may be walked: a longer list is left as
-  // it was, and the budget spent.
-  [[gnu::cold]] static bool trim_slab(const Layout& L, unsigned cls, unsigned slab, uint64_t* marks,
-                                      uint64_t& budget) {
+  // `budget` is how many more slots may be walked. A walk that spends it
+  // keeps what it walked off the list, still marked (pending_), puts the
+  // rest back, and the next trim goes on from there: a list longer than one
+  // budget is trimmed a budget at a time, not walked again from its start
+  // every time (that made no progress at all).
+  [[gnu::cold]] bool trim_slab(const Layout& L, unsigned cls, unsigned slab, uint64_t& budget) {
     FreeListHead& list = L.head<FreeListHead>(cls, slab);
     auto& head = list.word;
+    uint64_t* const marks = trim_marks_;
     const uint32_t full = L.slots_per_slab(cls);
+    PendingTrim walked = pending_.last && pending_.cls == cls && pending_.slab == slab ? pending_ : PendingTrim{};
     uint64_t old = head.load(std::memory_order_acquire);
     do {
+      if (walked.last) continue;  // the walk goes on, news or not
       if (!(uint32_t(old) & kTouched)) return false;  // no used slot is free
       if (uint32_t(old >> 32) == list.trimmed_at.load(std::memory_order_relaxed)) return false;  // no news
     } while (!head.compare_exchange_weak(old, ((old & kCountMask) + kCountOne) | full, std::memory_order_acq_rel,
                                          std::memory_order_acquire));
     const auto marked = [marks](uint32_t i) { return (marks[i / 64] >> (i % 64)) & 1; };
     uint32_t link = uint32_t(old), top = full;
-    // false if the list repeats a slot (a double free) or is longer than the
-    // budget: then leave it as it was
-    bool whole = true;
+    char* last = nullptr;  // the last slot walked this time
+    // whole: walked to its end; false too if the list repeats a slot (a
+    // double free): then leave it as it was
+    bool whole = true, cut = false;
     while (link & kTouched) {
       const uint32_t index = link & kSlotMask;
-      if (index >= full || marked(index) || budget-- == 0) {
+      if (index >= full || marked(index)) {
         whole = false;
         break;
       }
-      marks[index / 64] |= uint64_t{1} << (index % 64);
-      link = Policy::read_link(L.slot(cls, slab, index));
-    }
-    if (whole) top = link & kSlotMask;
-    uint32_t keep = top;
-    while (whole && keep > 0 && marked(keep - 1)) --keep;
-    const uint32_t slots_per_page = cls < pal::kPageShift ? uint32_t(pal::kPageSize >> cls) : 1;
-    keep = (keep + slots_per_page - 1) / slots_per_page * slots_per_page;
-    uint32_t first = uint32_t(old);
-    if (whole && keep < top && !pal::discard(L.slot(cls, slab, keep), size_t(top - keep) << cls))
-      keep = top;  // the kernel kept the pages: so do we
-    if (whole && keep < top) {
-      first = keep;
-      for (uint32_t word = keep / 64 + 1; word-- > 0;) {
-        for (uint64_t bits = marks[word]; bits != 0;) {
-          const unsigned bit = 63 - unsigned(__builtin_clzll(bits));
-          bits &= ~(uint64_t{1} << bit);
-          const uint32_t index = word * 64 + bit;
-          if (index >= keep) continue;
-          Policy::write_link(L.slot(cls, slab, index), first);
-          first = kTouched | index;
-        }
+      if (budget == 0) {
+        whole = false, cut = true;
+        break;
       }
-      // Those slots will be counted as touched again when next handed out.
-      if constexpr (Policy::kStats) stats::add(stats::row(L, 0, true).slab[cls][slab].fresh, 0 - uint64_t(top - keep), true);
+      --budget;
+      marks[index / 64] |= uint64_t{1} << (index % 64);
+      last = L.slot(cls, slab, index);
+      link = Policy::read_link(last);
     }
-    const size_t marks_bytes = (size_t(top) / 64 + 1) * sizeof(uint64_t);
-    if (!pal::discard(marks, marks_bytes)) std::memset(marks, 0, marks_bytes);
+    uint32_t first = uint32_t(old);
+    bool released = false;
+    if (cut) {
+      if (last) {  // this walk's part goes in front of the part walked before
+        if (walked.last) Policy::write_link(last, walked.first);
+        else walked = {cls, slab, 0, last};
+        walked.first = first;
+        set_pending(walked);
+      }
+      first = link;
+    } else {
+      if (whole) top = link & kSlotMask;
+      uint32_t keep = top;
+      while (whole && keep > 0 && marked(keep - 1)) --keep;
+      const uint32_t slots_per_page = cls < pal::kPageShift ? uint32_t(pal::kPageSize >> cls) : 1;
+      keep = (keep + slots_per_page - 1) / slots_per_page * slots_per_page;
+      if (whole && keep < top && !pal::discard(L.slot(cls, slab, keep), size_t(top - keep) << cls))
+        keep = top;  // the kernel kept the pages: so do we
+      if (whole && keep < top) {
+        first = keep;
+        for (uint32_t word = keep / 64 + 1; word-- > 0;) {
+          for (uint64_t bits = marks[word]; bits != 0;) {
+            const unsigned bit = 63 - unsigned(__builtin_clzll(bits));
+            bits &= ~(uint64_t{1} << bit);
+            const uint32_t index = word * 64 + bit;
+            if (index >= keep) continue;
+            Policy::write_link(L.slot(cls, slab, index), first);
+            first = kTouched | index;
+          }
+        }
+        // Those slots will be counted as touched again when next handed out.
+        if constexpr (Policy::kStats) stats::add(stats::row(L, 0, true).slab[cls][slab].fresh, 0 - uint64_t(top - keep), true);
+        released = true;
+      } else if (walked.last) {  // the part walked before goes back in front
+        Policy::write_link(walked.last, first);
+        first = walked.first;
+      }
+      clear_marks(top);
+      if (walked.last) set_pending({});
+    }
     // Put the list back behind whatever was freed meanwhile.
     uint64_t now = head.load(std::memory_order_acquire);
     for (;;) {
@@ -477,16 +504,16 @@ class Heap {
         if (head.compare_exchange_weak(now, ((now & kCountMask) + kCountOne) | first, std::memory_order_release,
                                        std::memory_order_acquire)) {
           if (whole) list.trimmed_at.store(uint32_t(now >> 32) + 1, std::memory_order_relaxed);
-          return whole && keep < top;
+          return released;
         }
         continue;
       }
       if (!head.compare_exchange_weak(now, ((now & kCountMask) + kCountOne) | full, std::memory_order_acq_rel,
                                       std::memory_order_acquire))
         continue;
-      char* last = L.slot(cls, slab, uint32_t(now) & kSlotMask);  // those frees end at `full`
-      for (uint32_t next; (next = Policy::read_link(last)) != full;) last = L.slot(cls, slab, next & kSlotMask);
-      Policy::write_link(last, first);
+      char* tail = L.slot(cls, slab, uint32_t(now) & kSlotMask);  // those frees end at `full`
+      for (uint32_t next; (next = Policy::read_link(tail)) != full;) tail = L.slot(cls, slab, next & kSlotMask);
+      Policy::write_link(tail, first);
       first = uint32_t(now);
       now = head.load(std::memory_order_acquire);
     }
@@ -500,31 +527,70 @@ class Heap {
   // once per kAutoTrimBytes of new slots the thread takes.
   // That walk is a cache miss per slot, so the automatic one stops after
   // kAutoTrimSlots (some 15 ms at worst here), largest classes first, where
-  // each slot walked may give back the most.
-  static constexpr uint64_t kAutoTrimBytes = uint64_t{64} << 20;
+  // each slot walked may give back the most, and the next one goes on where
+  // it stopped.
+  static constexpr uint64_t kAutoTrimBytes = uint64_t{32} << 20;
   static constexpr uint64_t kAutoTrimSlots = uint64_t{1} << 16;
   [[gnu::cold, gnu::noinline]] bool trim_slabs(const Layout& L, uint64_t budget = UINT64_MAX) {
-    bool released = false;
     if constexpr (kProcessHeap) {
       return_thread_lists(t_thread);
       for (uint64_t m = g_orphan_classes.load(std::memory_order_relaxed); m != 0; m &= m - 1)
         adopt_orphans(unsigned(__builtin_ctzll(m)));
     }
-    // One bit per slot of the largest slab, zero-filled on first touch.
-    const size_t bitmap_bytes = std::max<size_t>(L.slots_per_slab(kMinClass) / 8, pal::kPageSize);
-    if (auto* marks = static_cast<uint64_t*>(pal::reserve(bitmap_bytes))) {
-      for (unsigned cls = L.max_class(); cls >= kMinClass && budget != 0; --cls)
-        for (unsigned slab = 0; slab < kNumSlabs && budget != 0; ++slab) {
-          if (!enter_trim()) {  // a fork is waiting: stop
-            budget = 0;
-            break;
-          }
-          released |= trim_slab(L, cls, slab, marks, budget);
-          leave_trim();
-        }
-      pal::unmap(marks, bitmap_bytes);
+    // One trimmer at a time: the marks and the pending walk are the heap's.
+    // An automatic trim leaves it to the one at work; malloc_trim waits.
+    while (trim_held_.exchange(true, std::memory_order_acquire)) {
+      if (budget != UINT64_MAX) return false;
+      sched_yield();
     }
+    // One bit per slot of the largest slab, zero-filled on first touch.
+    if (!trim_marks_)
+      trim_marks_ = static_cast<uint64_t*>(pal::reserve(std::max<size_t>(L.slots_per_slab(kMinClass) / 8, pal::kPageSize)));
+    bool released = false;
+    const auto step = [&](unsigned cls, unsigned slab) {
+      if (!enter_trim()) return false;  // a fork is waiting: stop
+      released |= trim_slab(L, cls, slab, budget);
+      leave_trim();
+      return budget != 0;
+    };
+    if (trim_marks_ && (!pending_.last || step(pending_.cls, pending_.slab)))
+      for (unsigned cls = L.max_class(); cls >= kMinClass; --cls)
+        for (unsigned slab = 0; slab < kNumSlabs; ++slab)
+          if (!step(cls, slab)) goto done;
+  done:
+    trim_held_.store(false, std::memory_order_release);
     return released;
+  }
+
+  // The part of a list that a trim walked before its budget ran out: off the
+  // list, its slots marked in trim_marks_ (trim_slab). `first` is the link
+  // to its first slot, `last` its last slot (null: none).
+  struct PendingTrim {
+    unsigned cls, slab;
+    uint32_t first;
+    char* last;
+  };
+  void set_pending(const PendingTrim& p) {
+    pending_ = p;
+    pending_where_.store(p.last ? p.cls * kNumSlabs + p.slab : ~0u, std::memory_order_relaxed);
+  }
+  void clear_marks(uint32_t slots) {
+    const size_t bytes = (size_t(slots) / 64 + 1) * sizeof(uint64_t);
+    if (!pal::discard(trim_marks_, bytes)) std::memset(trim_marks_, 0, bytes);
+  }
+
+  // Puts pending_'s slots back on their list (see allocate_untouched). Not if
+  // a trim is at work: it will finish soon, or stop and leave them to the
+  // next one.
+  [[gnu::cold, gnu::noinline]] void put_back_pending(const Layout& L) {
+    if (trim_held_.exchange(true, std::memory_order_acquire)) return;
+    if (pending_.last && enter_trim()) {  // a fork must not copy the heap halfway through
+      push_chain(L, pending_.cls, pending_.slab, pending_.first, pending_.last);
+      clear_marks(L.slots_per_slab(pending_.cls));
+      set_pending({});
+      leave_trim();
+    }
+    trim_held_.store(false, std::memory_order_release);
   }
 
  public:
@@ -556,7 +622,10 @@ class Heap {
     }
   }
   void end_fork(bool child) {
-    if (child) trims_.store(0, std::memory_order_relaxed);  // the threads that counted there are gone
+    if (child) {  // the threads that counted there, or held the trim, are gone
+      trims_.store(0, std::memory_order_relaxed);
+      trim_held_.store(false, std::memory_order_relaxed);
+    }
     forking_.store(false, std::memory_order_release);
   }
   static constexpr long kForkWaitSeconds = 2;
@@ -654,7 +723,9 @@ class Heap {
         }
       }
     }
+    bool looked = false;
     if (t_thread.look_wait[cls] == 0) {
+      looked = true;
       const unsigned start = t_thread.look_from[cls];
       for (unsigned k = 0; k < kNumSlabs; ++k) {
         const unsigned slab = (start + k) % kNumSlabs;
@@ -673,6 +744,17 @@ class Heap {
       t_thread.look_wait[cls] = t_thread.look_gap[cls];
     } else {
       --t_thread.look_wait[cls];
+    }
+    // Free slots of the class that a trim cut short holds off their list go
+    // back before new memory is taken in the slab they came from, or after a
+    // look found nothing elsewhere.
+    if (const unsigned where = pending_where_.load(std::memory_order_relaxed);
+        __builtin_expect(where / kNumSlabs == cls, 0) && (looked || where % kNumSlabs == home)) {
+      put_back_pending(L);
+      if (char* slot = pop<false>(L, cls, where % kNumSlabs, fresh)) {
+        count_allocation(L, home, cls, where % kNumSlabs, size, false, false);
+        return finish(slot, cls, size, align, kind, zero, false);
+      }
     }
     if (char* slot = pop(L, cls, home, fresh)) {
       count_allocation(L, home, cls, home, size, fresh, false);
@@ -767,6 +849,10 @@ class Heap {
   std::atomic<char*> kept_{nullptr};  // a free slot of kKeptClass, not discarded, on no list
   std::atomic<uint32_t> trims_{0};     // trim_slab and adopt_orphans calls under way
   std::atomic<bool> forking_{false};   // a fork() is waiting for them
+  std::atomic<bool> trim_held_{false};  // a thread is trimming slabs
+  uint64_t* trim_marks_ = nullptr;      // trim_slab's bitmap: reserved once, kept
+  PendingTrim pending_{};
+  std::atomic<unsigned> pending_where_{~0u};  // pending_'s class * kNumSlabs + slab while it has slots
   unsigned preferred_span_shift_;
 };
 

@@ -386,7 +386,7 @@ TEST(Trim, OnlyTheFreeTopOfASlabGoesBackAndLiveBlocksKeepTheirBytes) {
 }
 
 // Without malloc_trim: a thread that frees much of one size and then touches
-// more than 64 MiB of new memory in another gives the first back on the way.
+// more than 32 MiB of new memory in another gives the first back on the way.
 TEST(Trim, GrowingInOneClassGivesBackWhatAnotherFreed) {
   constexpr size_t kTiny = 24;     // class 5: no other test here uses it
   constexpr int kMany = 1 << 15;   // 1 MiB of slots: a list within the automatic trim's budget
@@ -401,23 +401,94 @@ TEST(Trim, GrowingInOneClassGivesBackWhatAnotherFreed) {
   for (void* p : grown) smalloc_free(p);
 }
 
-// The walk is a cache miss per slot: an automatic trim gives up on a list
-// longer than its budget (2^16 slots) rather than stall one malloc for it;
-// malloc_trim has no budget.
-TEST(Trim, GrowingLeavesAListLongerThanTheBudgetToMallocTrim) {
+// The walk is a cache miss per slot: an automatic trim walks at most its
+// budget (2^16 slots) rather than stall one malloc for a long list, and the
+// next one goes on from where it stopped. Here the list has two budgets'
+// worth, and the thread takes 32 MiB of new slots (one automatic trim) at a
+// time.
+TEST(Trim, AListLongerThanTheBudgetIsTrimmedABudgetAtATime) {
   constexpr size_t kSixteen = 16;  // class 4: no other test here uses it
   constexpr int kMany = 1 << 17;   // a list of 131072 slots
   constexpr size_t kBig = 12000;   // class 14: idem
-  constexpr int kGrow = 6144;      // 96 MiB of new slots
+  constexpr int kGrow = 2048;      // 32 MiB of new slots
   std::vector<void*> small = AllocateTouched(kSixteen, kMany, 0x11);
   const auto [start, span] = Spanned(small, 16);
   const size_t pages = span / size_t(sysconf(_SC_PAGESIZE));
   for (void* p : small) smalloc_free(p);
   std::vector<void*> grown = AllocateTouched(kBig, kGrow, 0x22);
-  EXPECT_GE(ResidentPages(start, span), pages - 1) << "a list longer than the budget was walked to its end";
-  EXPECT_EQ(smalloc_malloc_trim(0), 1);
-  EXPECT_EQ(ResidentPages(start, span), 0u);
+  EXPECT_GE(ResidentPages(start, span), pages - 1) << "one automatic trim walked more than its budget";
+  std::vector<void*> more = AllocateTouched(kBig, kGrow, 0x33);
+  EXPECT_EQ(ResidentPages(start, span), 0u) << "the second automatic trim did not finish what the first began";
   for (void* p : grown) smalloc_free(p);
+  for (void* p : more) smalloc_free(p);
+}
+
+// What a trim cut short holds off the list goes back as soon as a thread
+// would otherwise take a never-used slot of that class: it is free memory.
+TEST(Trim, SlotsAWalkCutShortHoldsGoBackBeforeNewMemory) {
+  constexpr size_t kSixteen = 16;  // class 4
+  constexpr int kMany = 1 << 17;
+  constexpr size_t kBig = 12000;  // class 14
+  constexpr int kGrow = 2048;
+  for (void* p : AllocateTouched(kSixteen, kMany, 0x11)) smalloc_free(p);
+  std::vector<void*> grown = AllocateTouched(kBig, kGrow, 0x22);  // the first half walked, and held
+  const auto touched = Touched(4);
+  std::vector<void*> again = AllocateBlocks(kSixteen, kMany);
+  EXPECT_EQ(Touched(4), touched) << "new slots were taken while a trim held free ones";
+  EXPECT_EQ(std::set<void*>(again.begin(), again.end()).size(), again.size());
+  for (void* p : again) smalloc_free(p);
+  for (void* p : grown) smalloc_free(p);
+}
+
+// Automatic trims cut short and taken up again while other threads take
+// and free slots of that very list, and take new ones of its class (which
+// puts the held part back): every block keeps its bytes, no slot is handed
+// out twice, and none is lost: once all are free, the slab trims to nothing.
+TEST(Trim, AWalkCutShortWhileThreadsAllocateLosesNothing) {
+  constexpr size_t kSmall = 24;  // class 5
+  const unsigned cls = 5;
+  constexpr size_t kBig = 12000;  // class 14: new slots, never touched
+  std::thread([&] {
+    for (void* p : AllocateBlocks(kSmall, 300000)) smalloc_free(p);  // shared once the thread exits
+  }).join();
+  std::atomic<bool> stop{false};
+  std::atomic<long> damaged{0}, rounds{0};
+  std::mutex swap_lock;
+  std::vector<void*> swapped;  // each batch is freed by another thread: onto the shared lists
+  auto work = [&](unsigned seed) {
+    std::vector<void*> batch;
+    while (!stop.load()) {
+      batch = AllocateBlocks(kSmall, 3000 + int(seed % 7) * 500);
+      for (size_t i = 0; i < batch.size(); ++i) memset(batch[i], int((seed + i) % 251), kSmall);
+      for (size_t i = 0; i < batch.size(); ++i)
+        damaged += std::count_if(static_cast<char*>(batch[i]), static_cast<char*>(batch[i]) + kSmall,
+                                 [&](char c) { return c != char((seed + i) % 251); });
+      damaged += long(batch.size() - std::set<void*>(batch.begin(), batch.end()).size());
+      {
+        std::lock_guard<std::mutex> hold(swap_lock);
+        swapped.swap(batch);
+      }
+      for (void* p : batch) smalloc_free(p);
+      ++rounds;
+    }
+  };
+  std::vector<std::thread> workers;
+  for (unsigned t = 0; t < 3; ++t) workers.emplace_back(work, t * 37);
+  std::vector<std::vector<void*>> grown;
+  for (int chunk = 0; chunk < 12; ++chunk) {
+    grown.push_back(AllocateBlocks(kBig, 2048));  // 32 MiB of new slots: an automatic trim
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  stop = true;
+  for (auto& t : workers) t.join();
+  for (void* p : swapped) smalloc_free(p);
+  EXPECT_EQ(damaged.load(), 0);
+  EXPECT_GT(rounds.load(), 3);
+  for (auto& g : grown)
+    for (void* p : g) smalloc_free(p);
+  smalloc_malloc_trim(0);
+  EXPECT_EQ(Outstanding(cls), 0);
+  EXPECT_EQ(Touched(cls), 0u) << "a free slot went missing: the top of its slab could not be given back";
 }
 
 // Locked pages cannot be discarded: trimming must then keep the slots as
