@@ -707,13 +707,21 @@ class Heap {
   // producer/consumer and server patterns). Looking costs a read of 63 heads,
   // so a thread that found nothing looks again only after twice as many new
   // slots as last time (up to kMaxLookGap); finding something resets that,
-  // and the next look starts where this one found it.
+  // and the next look starts where this one found it. A thread that shares
+  // its slab (one of more than 64) comes here for every allocation, and
+  // takes a used free slot of its slab first.
   static constexpr uint16_t kMaxLookGap = 1024;
   [[gnu::noinline]] void* allocate_untouched(size_t size, size_t align, Kind kind, bool zero, unsigned cls) {
     const Layout L = layout();
-    const unsigned home = t_thread.slab_plus_one - 1;
+    const unsigned home = thread_slab();
+    const bool shared = thread_shares_slab();
     bool fresh;
-    if constexpr (kProcessHeap) {
+    if (shared) {
+      if (char* slot = pop<false>(L, cls, home, fresh)) {
+        count_allocation(L, home, cls, home, size, false, true);
+        return finish(slot, cls, size, align, kind, zero, false);
+      }
+    } else if constexpr (kProcessHeap) {
       if ((g_orphan_classes.load(std::memory_order_relaxed) >> cls) & 1) adopt_orphans(cls);
       if (cls <= kStagedMaxClass && t_thread.staged[cls] != 0) {
         unstage(L, t_thread, cls);
@@ -734,8 +742,8 @@ class Heap {
         if (char* slot = pop<false>(L, cls, slab, fresh)) {
           t_thread.look_gap[cls] = 0;
           t_thread.look_from[cls] = uint8_t(slab);
-          count_allocation(L, home, cls, slab, size, false, false);
-          if constexpr (Policy::kStats) stats::add(stats::area(L).rows[home].events[cls].failovers, 1, false);
+          count_allocation(L, home, cls, slab, size, false, shared);
+          if constexpr (Policy::kStats) stats::add(stats::row(L, home, shared).events[cls].failovers, 1, shared);
           return finish(slot, cls, size, align, kind, zero, false);
         }
       }
@@ -752,12 +760,12 @@ class Heap {
         __builtin_expect(where / kNumSlabs == cls, 0) && (looked || where % kNumSlabs == home)) {
       put_back_pending(L);
       if (char* slot = pop<false>(L, cls, where % kNumSlabs, fresh)) {
-        count_allocation(L, home, cls, where % kNumSlabs, size, false, false);
+        count_allocation(L, home, cls, where % kNumSlabs, size, false, shared);
         return finish(slot, cls, size, align, kind, zero, false);
       }
     }
     if (char* slot = pop(L, cls, home, fresh)) {
-      count_allocation(L, home, cls, home, size, fresh, false);
+      count_allocation(L, home, cls, home, size, fresh, shared);
       if constexpr (kProcessHeap && Policy::kTrimSlabs) {
         if (fresh && (t_thread.fresh_bytes += size_t{1} << cls) >= kAutoTrimBytes) {
           t_thread.fresh_bytes = 0;
@@ -766,7 +774,7 @@ class Heap {
       }
       return finish(slot, cls, size, align, kind, zero, fresh);
     }
-    return allocate_slow(size, align, kind, zero, cls);
+    return fail_over(L, size, align, kind, zero, cls);
   }
 
   [[gnu::noinline, gnu::cold]] void* allocate_slow(size_t size, size_t align, Kind kind, bool zero,
@@ -786,7 +794,15 @@ class Heap {
         if (zero) std::memset(p, 0, size);  // not discarded: not zero
         return p;
       }
+    } else if (cls <= L.max_class()) {
+      return allocate_untouched(size, align, kind, zero, cls);
     }
+    return fail_over(L, size, align, kind, zero, cls);
+  }
+
+  [[gnu::noinline, gnu::cold]] void* fail_over(const Layout L, size_t size, size_t align, Kind kind, bool zero,
+                                               unsigned cls) {
+    const unsigned home = thread_slab();
     for (unsigned c = cls; c <= L.max_class(); ++c) {
       for (unsigned k = 0; k < kNumSlabs; ++k) {
         bool fresh;
