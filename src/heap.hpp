@@ -39,11 +39,15 @@ enum class Kind : uint8_t { Malloc, New, NewArray };
 // Slots this large are discarded (given back to the OS) when freed; they are
 // then zero but for the link, which calloc exploits.
 inline constexpr unsigned kDiscardClass = 22;  // 4 MiB
-// Except one: the last freed slot of this class is kept as it is (and the one
-// kept before it discarded instead), so that a buffer of that size freed and
-// allocated again in a loop does not fault all its pages in every time. What
-// that keeps resident is bounded by one slot.
+// Except one per class up to kKeptMaxClass: the last freed slot of each is
+// kept as it is (and the one kept before it discarded instead), so that a
+// buffer of that size freed and allocated again in a loop does not fault all
+// its pages in every time (a 6 MiB buffer was 33x slower than glibc, whose
+// heap keeps freed blocks of up to 32 MiB). What that keeps resident is
+// bounded by one slot per class: 28 MiB.
 inline constexpr unsigned kKeptClass = kDiscardClass;
+inline constexpr unsigned kKeptMaxClass = 24;  // 16 MiB
+inline constexpr bool is_kept_class(unsigned cls) { return cls - kKeptClass <= kKeptMaxClass - kKeptClass; }
 // Blocks that realloc moves past this size jump straight to kGrowerClass so
 // that further growth stays in place; only touched pages cost memory. Just
 // below kDiscardClass, so that a freed grower's pages are reused, not
@@ -54,7 +58,9 @@ inline constexpr unsigned kGrowerClass = kDiscardClass - 1;  // 2 MiB
 // moving its pages to the new slot (mremap), not by copying them: no copy,
 // and no fault on the new slot's pages. Only from slots whose pages free()
 // gives back anyway: a grower or kept slot emptied so would fault its pages
-// in again when next used (realloc-step 1.5x slower).
+// in again when next used (realloc-step 1.5x slower). (From 8 MiB on, a
+// slot emptied so and then kept is empty: that costs the next user of its
+// class the faults the move saved.)
 inline constexpr unsigned kMovePagesClass = kKeptClass + 1;
 
 inline constexpr unsigned kStagedMaxClass = 14;  // 64 slots staged at least: one chain per 64 frees or fewer
@@ -169,7 +175,7 @@ class Heap {
     }
     const Layout L = layout();
     const unsigned slab = t_thread.slab_plus_one - 1;  // >= kNumSlabs if not assigned yet, or shared
-    if (__builtin_expect(cls <= L.max_class() && slab < kNumSlabs && cls != kKeptClass, 1)) {
+    if (__builtin_expect(cls <= L.max_class() && slab < kNumSlabs && !is_kept_class(cls), 1)) {
       bool fresh;
       if (char* slot = pop<false>(L, cls, slab, fresh); __builtin_expect(slot != nullptr, 1)) {
         count_allocation(L, slab, cls, slab, size, false, false);
@@ -270,7 +276,7 @@ class Heap {
 
   // malloc_trim: the calling thread's private free slots go back to the
   // shared lists; then (release build) every slab gives back the pages at its
-  // top that hold only free slots, and the kept slot goes back too. free()
+  // top that hold only free slots, and the kept slots go back too. free()
   // has given back the larger slots already. Returns 1 if memory was released.
   int trim() {
     const Layout L = layout();
@@ -278,10 +284,12 @@ class Heap {
     if constexpr (Policy::kTrimSlabs) {
       if (L.max_class() >= kMinClass) released = trim_slabs(L);
     }
-    Where w{};
-    if (char* slot = swap_kept(L, nullptr, w)) {
-      give_back(L, w, slot);
-      released = 1;
+    for (unsigned cls = kKeptClass; cls <= kKeptMaxClass; ++cls) {
+      Where w{};
+      if (char* slot = swap_kept(L, cls, nullptr, w)) {
+        give_back(L, w, slot);
+        released = 1;
+      }
     }
     return Policy::trim(*this) | released;
   }
@@ -633,14 +641,14 @@ class Heap {
  private:
   // By value, so that the hot path's Layout and Where stay in registers.
   [[gnu::noinline, gnu::cold]] void discard_and_push(const Layout L, Where w, char* slot) {
-    if (w.cls == kKeptClass && !(slot = swap_kept(L, slot, w))) return;
+    if (is_kept_class(w.cls) && !(slot = swap_kept(L, w.cls, slot, w))) return;
     give_back(L, w, slot);
   }
 
-  // Puts `slot` (or nothing) in the kept place; returns the slot kept there
-  // before, if any, with w saying where it is.
-  char* swap_kept(const Layout& L, char* slot, Where& w) {
-    char* before = kept_.exchange(slot, std::memory_order_acq_rel);
+  // Puts `slot` (or nothing) in the class's kept place; returns the slot kept
+  // there before, if any, with w saying where it is.
+  char* swap_kept(const Layout& L, unsigned cls, char* slot, Where& w) {
+    char* before = kept_[cls - kKeptClass].exchange(slot, std::memory_order_acq_rel);
     return before && L.locate(before, w) ? before : nullptr;
   }
 
@@ -786,9 +794,9 @@ class Heap {
       return nullptr;
     }
     const unsigned home = thread_slab();
-    if (cls == kKeptClass) {
+    if (is_kept_class(cls)) {
       Where w{};
-      if (char* slot = swap_kept(L, nullptr, w)) {
+      if (char* slot = swap_kept(L, cls, nullptr, w)) {
         count_allocation(L, home, cls, w.slab, size, false, thread_shares_slab());
         void* p = Policy::on_alloc(slot, cls, size, align, kind, false, zero);
         if (zero) std::memset(p, 0, size);  // not discarded: not zero
@@ -862,7 +870,8 @@ class Heap {
   }
 
   std::atomic<uintptr_t> layout_{Layout::kUninitialised};
-  std::atomic<char*> kept_{nullptr};  // a free slot of kKeptClass, not discarded, on no list
+  // Per kept class: a free slot not discarded, on no list.
+  std::array<std::atomic<char*>, kKeptMaxClass - kKeptClass + 1> kept_{};
   std::atomic<uint32_t> trims_{0};     // trim_slab and adopt_orphans calls under way
   std::atomic<bool> forking_{false};   // a fork() is waiting for them
   std::atomic<bool> trim_held_{false};  // a thread is trimming slabs

@@ -219,7 +219,7 @@ TEST(Heap, ZeroedAllocationClearsReusedSlots) {
 
 TEST(Heap, LargeSlotsAreGivenBackToTheSystemWhenFreed) {
   TestHeap heap;
-  const size_t size = 8u << 20;
+  const size_t size = 32u << 20;  // past the classes whose last freed slot is kept
   char* p = static_cast<char*>(heap.allocate(size, 1, Kind::Malloc));
   std::memset(p, 1, size);
   EXPECT_EQ(resident_pages(p, size), size / pal::kPageSize);

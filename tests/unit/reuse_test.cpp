@@ -251,27 +251,49 @@ size_t ResidentPages(void* p, size_t n) {
   return size_t(std::count_if(v.begin(), v.end(), [](unsigned char c) { return c & 1; }));
 }
 
-TEST(Reuse, TheLastFreedFourMiBBufferIsKeptResidentAndOnlyThatOne) {
-  constexpr size_t kBig = size_t{3} << 20;  // the 4 MiB class
-  char* a = static_cast<char*>(smalloc_malloc(kBig));
-  char* b = static_cast<char*>(smalloc_malloc(kBig));
+// Slots of 4, 8 and 16 MiB: the last one freed of each class stays resident
+// (a buffer freed and allocated again in a loop), and only that one.
+void ExpectTheLastFreedBufferKeptAndOnlyThatOne(size_t big) {
+  const size_t slot = size_t{1} << (64 - __builtin_clzll(big - 1));
+  char* a = static_cast<char*>(smalloc_malloc(big));
+  char* b = static_cast<char*>(smalloc_malloc(big));
   ASSERT_TRUE(a && b);
-  memset(a, 1, kBig);
-  memset(b, 2, kBig);
+  memset(a, 1, big);
+  memset(b, 2, big);
   smalloc_free(a);
-  EXPECT_GE(ResidentPages(a, size_t{4} << 20), kBig / size_t(sysconf(_SC_PAGESIZE))) << "the freed buffer is kept";
+  EXPECT_GE(ResidentPages(a, slot), big / size_t(sysconf(_SC_PAGESIZE))) << "the freed buffer is kept";
   smalloc_free(b);  // b is kept now, and a given back
   // All but the page that holds its free-list link:
-  EXPECT_LE(ResidentPages(a, size_t{4} << 20), 1u) << "only one freed buffer stays resident";
-  char* again = static_cast<char*>(smalloc_malloc(kBig));
+  EXPECT_LE(ResidentPages(a, slot), 1u) << "only one freed buffer stays resident";
+  char* again = static_cast<char*>(smalloc_malloc(big));
   EXPECT_EQ(again, b) << "the kept buffer is the next one handed out";
   smalloc_free(again);
-  void* zeroed = smalloc_calloc(1, kBig);  // the kept buffer again: calloc must clear it
+  void* zeroed = smalloc_calloc(1, big);  // the kept buffer again: calloc must clear it
   ASSERT_EQ(zeroed, again);
-  EXPECT_EQ(std::count(static_cast<char*>(zeroed), static_cast<char*>(zeroed) + kBig, 0), std::ptrdiff_t(kBig));
+  EXPECT_EQ(std::count(static_cast<char*>(zeroed), static_cast<char*>(zeroed) + big, 0), std::ptrdiff_t(big));
   smalloc_free(zeroed);
   smalloc_malloc_trim(0);  // gives the kept one back too
-  EXPECT_LE(ResidentPages(again, size_t{4} << 20), 1u);
+  EXPECT_LE(ResidentPages(again, slot), 1u);
+}
+
+TEST(Reuse, TheLastFreedFourMiBBufferIsKeptResidentAndOnlyThatOne) {
+  ExpectTheLastFreedBufferKeptAndOnlyThatOne(size_t{3} << 20);
+}
+TEST(Reuse, TheLastFreedEightMiBBufferIsKeptResidentAndOnlyThatOne) {
+  ExpectTheLastFreedBufferKeptAndOnlyThatOne(size_t{6} << 20);
+}
+TEST(Reuse, TheLastFreedSixteenMiBBufferIsKeptResidentAndOnlyThatOne) {
+  ExpectTheLastFreedBufferKeptAndOnlyThatOne(size_t{12} << 20);
+}
+
+// Past 16 MiB nothing is kept: what the kept slots hold resident is bounded.
+TEST(Reuse, AFreedBufferOfMoreThanSixteenMiBGoesBack) {
+  constexpr size_t kHuge = size_t{24} << 20;  // the 32 MiB class
+  char* p = static_cast<char*>(smalloc_malloc(kHuge));
+  ASSERT_NE(p, nullptr);
+  memset(p, 3, kHuge);
+  smalloc_free(p);
+  EXPECT_LE(ResidentPages(p, size_t{32} << 20), 1u);
 }
 
 // A fork child inherits none of the parent's other threads: their slabs must
