@@ -431,7 +431,11 @@ class Heap {
   // rest back, and the next trim goes on from there: a list longer than one
   // budget is trimmed a budget at a time, not walked again from its start
   // every time (that made no progress at all).
-  [[gnu::cold]] bool trim_slab(const Layout& L, unsigned cls, unsigned slab, uint64_t& budget) {
+  // `thorough` (malloc_trim): also walks the lists of slots larger than a
+  // page that were not freed into since their last trim, and gives back all
+  // but the first page (the link's) of every free slot below that top: a
+  // heap of 40 KB blocks 90% freed at random went from 394 MiB to 65.
+  [[gnu::cold]] bool trim_slab(const Layout& L, unsigned cls, unsigned slab, uint64_t& budget, bool thorough) {
     FreeListHead& list = L.head<FreeListHead>(cls, slab);
     auto& head = list.word;
     uint64_t* const marks = trim_marks_;
@@ -441,7 +445,8 @@ class Heap {
     do {
       if (walked.last) continue;  // the walk goes on, news or not
       if (!(uint32_t(old) & kTouched)) return false;  // no used slot is free
-      if (uint32_t(old >> 32) == list.trimmed_at.load(std::memory_order_relaxed)) return false;  // no news
+      if (!(thorough && cls > pal::kPageShift) && uint32_t(old >> 32) == list.trimmed_at.load(std::memory_order_relaxed))
+        return false;  // no news
     } while (!head.compare_exchange_weak(old, ((old & kCountMask) + kCountOne) | full, std::memory_order_acq_rel,
                                          std::memory_order_acquire));
     const auto marked = [marks](uint32_t i) { return (marks[i / 64] >> (i % 64)) & 1; };
@@ -502,6 +507,13 @@ class Heap {
         Policy::write_link(walked.last, first);
         first = walked.first;
       }
+      if (thorough && whole && cls > pal::kPageShift)
+        for (uint32_t word = 0; word < (keep + 63) / 64; ++word)
+          for (uint64_t bits = marks[word]; bits != 0; bits &= bits - 1) {
+            const uint32_t index = word * 64 + uint32_t(__builtin_ctzll(bits));
+            if (index < keep)
+              released |= pal::discard(L.slot(cls, slab, index) + pal::kPageSize, (size_t{1} << cls) - pal::kPageSize);
+          }
       clear_marks(top);
       if (walked.last) set_pending({});
     }
@@ -555,9 +567,10 @@ class Heap {
     if (!trim_marks_)
       trim_marks_ = static_cast<uint64_t*>(pal::reserve(std::max<size_t>(L.slots_per_slab(kMinClass) / 8, pal::kPageSize)));
     bool released = false;
+    const bool thorough = budget == UINT64_MAX;
     const auto step = [&](unsigned cls, unsigned slab) {
       if (!enter_trim()) return false;  // a fork is waiting: stop
-      released |= trim_slab(L, cls, slab, budget);
+      released |= trim_slab(L, cls, slab, budget, thorough);
       leave_trim();
       return budget != 0;
     };

@@ -246,7 +246,7 @@ size_t CallocNonzeroBytes(size_t size, int n, std::vector<void*>& out) {
 // Pages of [p, p + n) that are resident.
 size_t ResidentPages(void* p, size_t n) {
   const size_t page = size_t(sysconf(_SC_PAGESIZE));
-  std::vector<unsigned char> v(n / page);
+  std::vector<unsigned char> v((n + page - 1) / page);  // mincore fills one per page started
   EXPECT_EQ(mincore(p, n, v.data()), 0);
   return size_t(std::count_if(v.begin(), v.end(), [](unsigned char c) { return c & 1; }));
 }
@@ -511,6 +511,46 @@ TEST(Trim, AWalkCutShortWhileThreadsAllocateLosesNothing) {
   smalloc_malloc_trim(0);
   EXPECT_EQ(Outstanding(cls), 0);
   EXPECT_EQ(Touched(cls), 0u) << "a free slot went missing: the top of its slab could not be given back";
+}
+
+// malloc_trim gives back more than the free top of a slab: every free slot
+// larger than a page below it keeps only the page that holds its link (and
+// that even when nothing was freed since an automatic trim walked the list). Live blocks keep
+// their bytes, and the freed slots come back zero-filled by calloc.
+TEST(Trim, MallocTrimGivesBackAllButTheFirstPageOfEveryFreeSlot) {
+  constexpr size_t kBlock = 40000;  // class 16: no other test here uses it
+  constexpr int kCount = 200;
+  const size_t page = size_t(sysconf(_SC_PAGESIZE));
+  std::vector<void*> blocks = AllocateTouched(kBlock, kCount, 0x6b);
+  std::vector<void*> freed;
+  for (int i = 0; i < kCount; ++i)
+    if (i % 10 != 9) {  // the last one stays: none of these is at the top
+      smalloc_free(blocks[i]);
+      freed.push_back(blocks[i]);
+    }
+  // 32 MiB of new slots: an automatic trim walks the list first, and gives
+  // back no such pages (one call per slot would stall that malloc).
+  std::vector<void*> grown = AllocateBlocks(12000, 2048);
+  size_t resident = 0;
+  for (void* p : freed) resident += ResidentPages(p, kBlock);
+  EXPECT_GT(resident, freed.size());
+  smalloc_malloc_trim(0);  // no news since: walked again all the same
+  resident = 0;
+  for (void* p : freed) resident += ResidentPages(p, kBlock);
+  EXPECT_LE(resident, freed.size()) << "free slots kept more than their first page";
+  size_t damaged = 0;
+  for (int i = 9; i < kCount; i += 10) {
+    EXPECT_EQ(ResidentPages(blocks[i], kBlock), (kBlock + page - 1) / page);
+    damaged += size_t(std::count_if(static_cast<char*>(blocks[i]), static_cast<char*>(blocks[i]) + kBlock,
+                                    [](char c) { return c != char(0x6b); }));
+  }
+  EXPECT_EQ(damaged, 0u);
+  std::vector<void*> again;
+  EXPECT_EQ(CallocNonzeroBytes(kBlock, int(freed.size()), again), 0u);
+  EXPECT_EQ(std::set<void*>(again.begin(), again.end()), std::set<void*>(freed.begin(), freed.end()));
+  for (void* p : again) smalloc_free(p);
+  for (int i = 9; i < kCount; i += 10) smalloc_free(blocks[i]);
+  for (void* p : grown) smalloc_free(p);
 }
 
 // Locked pages cannot be discarded: trimming must then keep the slots as
