@@ -19,7 +19,10 @@ namespace debug {
 namespace {
 
 // ---- settings ----------------------------------------------------------------
-// Read on first use: the first malloc can come before the environment is set up.
+// Read once, by a constructor while the environment is intact, or by the
+// first use if that comes sooner: later, getenv may read an environ array
+// that is being replaced. setenv reallocs its array, and the free of the old
+// one (our quarantine poisons it) comes before environ points to the new one.
 size_t env_number(const char* name, size_t fallback) {
   const char* v = getenv(name);
   if (!v || !*v) return fallback;
@@ -27,15 +30,21 @@ size_t env_number(const char* name, size_t fallback) {
   unsigned long long n = strtoull(v, &end, 10);
   return *end ? fallback : size_t(n);
 }
-bool abort_on_error() { return env_number("SMALLOC_DEBUG_ABORT", 1) != 0; }
-size_t quarantine_budget() {
-  static std::atomic<size_t> budget{SIZE_MAX};
-  size_t b = budget.load(std::memory_order_relaxed);
-  if (b == SIZE_MAX) {
-    b = env_number("SMALLOC_QUARANTINE_MB", 32) << 20;
-    budget.store(b, std::memory_order_relaxed);
+// SIZE_MAX until read.
+size_t setting(std::atomic<size_t>& value, const char* name, size_t fallback) {
+  size_t v = value.load(std::memory_order_relaxed);
+  if (v == SIZE_MAX) {
+    v = env_number(name, fallback);
+    value.store(v, std::memory_order_relaxed);
   }
-  return b;
+  return v;
+}
+std::atomic<size_t> g_abort{SIZE_MAX}, g_quarantine_mb{SIZE_MAX};
+bool abort_on_error() { return setting(g_abort, "SMALLOC_DEBUG_ABORT", 1) != 0; }
+size_t quarantine_budget() { return setting(g_quarantine_mb, "SMALLOC_QUARANTINE_MB", 32) << 20; }
+[[gnu::constructor]] void read_settings() {
+  abort_on_error();
+  quarantine_budget();
 }
 
 // ---- reports -----------------------------------------------------------------
