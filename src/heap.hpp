@@ -818,9 +818,9 @@ class Heap {
         if (zero) std::memset(p, 0, size);  // not discarded: not zero
         return p;
       }
-    } else if (cls <= L.max_class()) {
-      return allocate_untouched(size, align, kind, zero, cls);
     }
+    // (Kept classes too: their new slots count towards the automatic trim.)
+    if (cls <= L.max_class()) return allocate_untouched(size, align, kind, zero, cls);
     return fail_over(L, size, align, kind, zero, cls);
   }
 

@@ -423,6 +423,20 @@ TEST(Trim, GrowingInOneClassGivesBackWhatAnotherFreed) {
   for (void* p : grown) smalloc_free(p);
 }
 
+// The same when the growth is in blocks of the classes whose last freed slot
+// is kept (4 to 16 MiB), which allocate off the fast path: their new slots
+// count towards the automatic trim too.
+TEST(Trim, GrowingInLargeBlocksGivesBackWhatAnotherClassFreed) {
+  constexpr size_t kTiny = 24;  // class 5
+  constexpr int kMany = 1 << 15;
+  std::vector<void*> tiny = AllocateTouched(kTiny, kMany, 0x3c);
+  const auto [start, span] = Spanned(tiny, 32);
+  for (void* p : tiny) smalloc_free(p);
+  std::vector<void*> grown = AllocateBlocks(size_t{6} << 20, 6);  // 48 MiB of new 8 MiB slots
+  EXPECT_EQ(ResidentPages(start, span), 0u) << "growth in 8 MiB slots did not run the automatic trim";
+  for (void* p : grown) smalloc_free(p);
+}
+
 // The walk is a cache miss per slot: an automatic trim walks at most its
 // budget (2^16 slots) rather than stall one malloc for a long list, and the
 // next one goes on from where it stopped. Here the list has two budgets'
