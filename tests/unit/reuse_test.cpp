@@ -748,6 +748,30 @@ size_t Mappings() {
   return n;
 }
 
+// A large block shrunk to a quarter of its slot or less moves to a smaller
+// slot, and its old one goes back to the system; shrunk less, it stays.
+TEST(Realloc, ALargeBlockShrunkToAQuarterMovesAndItsPagesGoBack) {
+  constexpr size_t kBig = size_t{24} << 20;  // the 32 MiB class: nothing kept there
+  char* p = static_cast<char*>(smalloc_malloc(kBig));
+  ASSERT_NE(p, nullptr);
+  for (size_t i = 0; i < kBig; ++i) p[i] = char(i % 251);
+  EXPECT_EQ(smalloc_realloc(p, size_t{20} << 20), p) << "shrunk to 5/8 of its slot: stays";
+  char* q = static_cast<char*>(smalloc_realloc(p, 100));
+  ASSERT_NE(q, nullptr);
+  EXPECT_NE(q, p);
+  size_t wrong = 0;
+  for (size_t i = 0; i < 100; ++i) wrong += q[i] != char(i % 251);
+  EXPECT_EQ(wrong, 0u);
+  EXPECT_LE(ResidentPages(p, kBig), 1u) << "the old slot kept its pages";
+  EXPECT_LT(smalloc_malloc_usable_size(q), size_t{4096});
+  // The bytes moved, not the old slot's pages (which would land on q's
+  // neighbours: the new slots after q must still be zero).
+  std::vector<void*> after;
+  EXPECT_EQ(CallocNonzeroBytes(100, 2000, after), 0u);
+  for (void* b : after) smalloc_free(b);
+  smalloc_free(q);
+}
+
 // realloc moves a large block by moving its pages to the new slot, not by
 // copying them: the bytes arrive, and the new slot's pages are not faulted in.
 TEST(Realloc, ALargeBlockMovesItsPagesInsteadOfCopyingThem) {
