@@ -232,8 +232,9 @@ class Heap {
     unsigned cls = size_class(Policy::slot_bytes(size, 1));
     // A block of a slot that free() gives back, shrunk to a quarter of it or
     // less, moves: in place it kept every page (200 blocks of 8 MiB shrunk
-    // to 1 byte held 1.6 GB). Such a block grew past half its slot to get
-    // there, so growth never comes here.
+    // to 1 byte held 1.6 GB). A block gets such a slot by needing more than
+    // half of it (or by an alignment, which realloc does not keep anyway),
+    // so growth never comes here.
     const bool shrunk = w.cls >= kDiscardClass && cls + 2 <= w.cls;
     if (!shrunk && Policy::resize_in_place(L, w, p, size)) return p;
     if (size > kGrowerMin && cls < kGrowerClass) cls = kGrowerClass;
