@@ -429,9 +429,9 @@ class Heap {
   // on entry and on return but for a pending walk's, below), and if the
   // slots just below the first untouched one are free for whole pages,
   // discards those pages and makes the slots untouched again (zero, as
-  // untouched slots are); the other free slots go back in address order. Meanwhile the slab looks full: its
-  // allocations go elsewhere, and what is freed into it waits on the head,
-  // to be put back in front of the rest.
+  // untouched slots are); the other free slots go back in address order.
+  // Meanwhile the slab looks full: its allocations go elsewhere, and what is
+  // freed into it waits on the head, to be put back in front of the rest.
   // `budget` is how many more slots may be walked. A walk that spends it
   // keeps what it walked off the list, still marked (pending_), puts the
   // rest back, and the next trim goes on from there: a list longer than one
@@ -456,6 +456,15 @@ class Heap {
     } while (!head.compare_exchange_weak(old, ((old & kCountMask) + kCountOne) | full, std::memory_order_acq_rel,
                                          std::memory_order_acquire));
     const auto marked = [marks](uint32_t i) { return (marks[i / 64] >> (i % 64)) & 1; };
+    // fn(index) for every marked slot below `end`, highest first.
+    const auto each_marked_below = [marks](uint32_t end, auto fn) {
+      for (uint32_t word = end / 64 + 1; word-- > 0;)
+        for (uint64_t bits = marks[word]; bits != 0;) {
+          const unsigned bit = 63 - unsigned(__builtin_clzll(bits));
+          bits &= ~(uint64_t{1} << bit);
+          if (word * 64 + bit < end) fn(word * 64 + bit);
+        }
+    };
     uint32_t link = uint32_t(old), top = full;
     char* last = nullptr;  // the last slot walked this time
     // whole: walked to its end; false too if the list repeats a slot (a
@@ -497,16 +506,10 @@ class Heap {
         keep = top;  // the kernel kept the pages: so do we
       if (whole && keep < top) {
         first = keep;
-        for (uint32_t word = keep / 64 + 1; word-- > 0;) {
-          for (uint64_t bits = marks[word]; bits != 0;) {
-            const unsigned bit = 63 - unsigned(__builtin_clzll(bits));
-            bits &= ~(uint64_t{1} << bit);
-            const uint32_t index = word * 64 + bit;
-            if (index >= keep) continue;
-            Policy::write_link(L.slot(cls, slab, index), first);
-            first = kTouched | index;
-          }
-        }
+        each_marked_below(keep, [&](uint32_t index) {
+          Policy::write_link(L.slot(cls, slab, index), first);
+          first = kTouched | index;
+        });
         // Those slots will be counted as touched again when next handed out.
         if constexpr (Policy::kStats) stats::add(stats::row(L, 0, true).slab[cls][slab].fresh, 0 - uint64_t(top - keep), true);
         released = true;
@@ -515,12 +518,9 @@ class Heap {
         first = walked.first;
       }
       if (thorough && whole && cls > pal::kPageShift)
-        for (uint32_t word = 0; word < (keep + 63) / 64; ++word)
-          for (uint64_t bits = marks[word]; bits != 0; bits &= bits - 1) {
-            const uint32_t index = word * 64 + uint32_t(__builtin_ctzll(bits));
-            if (index < keep)
-              released |= pal::discard(L.slot(cls, slab, index) + pal::kPageSize, (size_t{1} << cls) - pal::kPageSize);
-          }
+        each_marked_below(keep, [&](uint32_t index) {
+          released |= pal::discard(L.slot(cls, slab, index) + pal::kPageSize, (size_t{1} << cls) - pal::kPageSize);
+        });
       clear_marks(top);
       if (walked.last) set_pending({});
     }
@@ -744,21 +744,22 @@ class Heap {
     const unsigned home = thread_slab();
     const bool shared = thread_shares_slab();
     bool fresh;
+    // A used free slot of `slab`, if it has one, handed out.
+    const auto take_used = [&](unsigned slab) -> void* {
+      char* slot = pop<false>(L, cls, slab, fresh);
+      if (!slot) return nullptr;
+      count_allocation(L, home, cls, slab, size, false, shared);
+      return finish(slot, cls, size, align, kind, zero, false);
+    };
     if constexpr (kProcessHeap) {
       if ((g_orphan_classes.load(std::memory_order_relaxed) >> cls) & 1) adopt_orphans(cls);
     }
     if (shared) {
-      if (char* slot = pop<false>(L, cls, home, fresh)) {
-        count_allocation(L, home, cls, home, size, false, true);
-        return finish(slot, cls, size, align, kind, zero, false);
-      }
+      if (void* p = take_used(home)) return p;
     } else if constexpr (kProcessHeap) {
       if (cls <= kStagedMaxClass && t_thread.staged[cls] != 0) {
         unstage(L, t_thread, cls);
-        if (char* slot = pop<false>(L, cls, home, fresh)) {
-          count_allocation(L, home, cls, home, size, false, false);
-          return finish(slot, cls, size, align, kind, zero, false);
-        }
+        if (void* p = take_used(home)) return p;
       }
     }
     bool looked = false;
@@ -769,12 +770,11 @@ class Heap {
         const unsigned slab = (start + k) % kNumSlabs;
         const uint64_t word = L.head<FreeListHead>(cls, slab).word.load(std::memory_order_relaxed);
         if (slab == home || !(uint32_t(word) & kTouched)) continue;
-        if (char* slot = pop<false>(L, cls, slab, fresh)) {
+        if (void* p = take_used(slab)) {
           t_thread.look_gap[cls] = 0;
           t_thread.look_from[cls] = uint8_t(slab);
-          count_allocation(L, home, cls, slab, size, false, shared);
           if constexpr (Policy::kStats) stats::add(stats::row(L, home, shared).events[cls].failovers, 1, shared);
-          return finish(slot, cls, size, align, kind, zero, false);
+          return p;
         }
       }
       const uint16_t gap = t_thread.look_gap[cls];
@@ -789,10 +789,7 @@ class Heap {
     if (const unsigned where = pending_where_.load(std::memory_order_relaxed);
         __builtin_expect(where / kNumSlabs == cls, 0) && (looked || where % kNumSlabs == home)) {
       put_back_pending(L);
-      if (char* slot = pop<false>(L, cls, where % kNumSlabs, fresh)) {
-        count_allocation(L, home, cls, where % kNumSlabs, size, false, shared);
-        return finish(slot, cls, size, align, kind, zero, false);
-      }
+      if (void* p = take_used(where % kNumSlabs)) return p;
     }
     if (char* slot = pop(L, cls, home, fresh)) {
       count_allocation(L, home, cls, home, size, fresh, shared);
