@@ -191,32 +191,23 @@ class Heap {
     Where w;
     if (__builtin_expect(!L.locate(p, w), 0)) return free_outside(p, kind);
     const Released r = Policy::on_free(*this, L, w, p, kind);
-    const unsigned me = t_thread.slab_plus_one - 1;  // >= kNumSlabs if not assigned yet, or shared
-    if (__builtin_expect(me < kNumSlabs, 1)) {
-      if (kProcessHeap && w.slab == me) {
+    if constexpr (kProcessHeap) {
+      // A slot of the thread's own slab (never true for a thread that shares
+      // one or has none: w.slab < kNumSlabs) onto its private list. All else
+      // is one tail call, so that this path saves no registers.
+      const uint32_t length = t_thread.counts.listed[w.cls];
+      if (__builtin_expect(w.slab + 1 == t_thread.slab_plus_one && r.slot && length < kOwnListLimit[w.cls], 1)) {
         if constexpr (Policy::kStats) {
           if (r.valid) stats::add(t_thread.counts.frees[w.cls], 1, false);
         }
-        const uint32_t length = t_thread.counts.listed[w.cls];
-        if (r.slot && length < kOwnListLimit[w.cls]) {
-          char* const head = t_thread.own_head[w.cls];
-          std::memcpy(r.slot, &head, sizeof head);
-          t_thread.own_head[w.cls] = r.slot;
-          t_thread.counts.listed[w.cls] = length + 1;
-          return;
-        }
-        if constexpr (Policy::kStats) {
-          if (r.valid) stats::add(t_thread.counts.frees_not_listed[w.cls], 1, false);
-        }
-        if (r.slot && w.cls <= kStagedMaxClass && Layout::has_staged_bits(w.cls, L.span_shift))
-          return stage(L, w);
-      } else if constexpr (Policy::kStats) {
-        if (r.valid) stats::add(stats::area(L).rows[me].slab[w.cls][w.slab].frees, 1, false);
+        char* const head = t_thread.own_head[w.cls];
+        std::memcpy(r.slot, &head, sizeof head);
+        t_thread.own_head[w.cls] = r.slot;
+        t_thread.counts.listed[w.cls] = length + 1;
+        return;
       }
-    } else {
-      return free_from_shared_row(w, r);
     }
-    if (r.slot) recycle(L, w, r.slot);
+    return free_elsewhere(w.cls, w.slab, r);
   }
 
   // ---- the rest of the API -------------------------------------------------
@@ -680,11 +671,32 @@ class Heap {
     push(L, w, slot);
   }
 
-  // A thread that never allocated, or one of more than 64 sharing slabs.
-  // Takes no Layout, which the callee loads again, so that every argument
-  // travels in a register and free() needs no stack frame for the call.
-  [[gnu::noinline]] void free_from_shared_row(const Where w, const Released r) {
+  // Every free but a push onto the thread's private list: to the staged
+  // bits or the shared list. Takes no Layout, which it loads again, nor the
+  // slot number, which it works out again from the slot (none without one),
+  // so that every argument travels in a register and free() computes nothing
+  // it does not need.
+  [[gnu::noinline]] void free_elsewhere(unsigned cls, unsigned slab, const Released r) {
     const Layout L = layout();
+    const Where w{cls, slab, r.slot ? L.index_of(r.slot, cls) : 0};
+    const unsigned me = t_thread.slab_plus_one - 1;  // >= kNumSlabs if not assigned yet, or shared
+    if (__builtin_expect(me >= kNumSlabs, 0)) return free_from_shared_row(L, w, r);
+    if (kProcessHeap && w.slab == me) {  // the private list is full (or the policy keeps the slot)
+      if constexpr (Policy::kStats) {
+        if (r.valid) {
+          stats::add(t_thread.counts.frees[w.cls], 1, false);
+          stats::add(t_thread.counts.frees_not_listed[w.cls], 1, false);
+        }
+      }
+      if (r.slot && w.cls <= kStagedMaxClass && Layout::has_staged_bits(w.cls, L.span_shift)) return stage(L, w);
+    } else if constexpr (Policy::kStats) {
+      if (r.valid) stats::add(stats::area(L).rows[me].slab[w.cls][w.slab].frees, 1, false);
+    }
+    if (r.slot) recycle(L, w, r.slot);
+  }
+
+  // A thread that never allocated, or one of more than 64 sharing slabs.
+  [[gnu::noinline, gnu::cold]] void free_from_shared_row(const Layout L, const Where w, const Released r) {
     if constexpr (Policy::kStats) {
       if (r.valid) {
         const unsigned home = thread_slab();  // assigns one to a thread that never allocated

@@ -108,8 +108,12 @@ struct Layout {
     if (area - 1 >= span_shift - kMinClass + 1) return false;
     w.cls = unsigned(area) + kMinClass - 1;
     w.slab = unsigned(area_slab) & (kNumSlabs - 1);
-    w.index = uint32_t((off - (area_slab << span_shift)) >> w.cls);
+    w.index = index_of(p, w.cls);
     return true;
+  }
+  // The slot number of a pointer into a slot of class cls.
+  uint32_t index_of(const void* p, unsigned cls) const {
+    return uint32_t(((reinterpret_cast<uintptr_t>(p) - base) & ((uintptr_t{1} << span_shift) - 1)) >> cls);
   }
 };
 

@@ -26,7 +26,9 @@ struct ReleasePolicy {
   template <class Heap>
   static Released on_free(Heap&, const Layout&, const Layout::Where& w, void* p, Kind) {
     // Slots are aligned to their size, so an interior pointer frees its slot too.
-    return {true, reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(p) & -(uintptr_t{1} << w.cls))};
+    char* const slot = reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(p) & -(uintptr_t{1} << w.cls));
+    if (slot == nullptr) __builtin_unreachable();  // never in the reservation: free() need not test it
+    return {true, slot};
   }
 
   template <class Heap>

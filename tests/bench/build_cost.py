@@ -19,6 +19,11 @@ smalloc, interleaved, one process per run, ratios taken within a repetition.
       against memcheck's own malloc (no preload); --vg-n N sets the size
       (default 1000000; 4000000, ~1 s natively with glibc, takes ~10 min a run)
 
+  build_cost.py ab --a base/libsmalloc.so --b build/libsmalloc.so --bin-dir build/tests/bench
+      any two builds (say, a change against its parent commit) on every
+      run_bench.py workload (--only narrows them); prints B/A, and with
+      --instructions the callgrind counts too
+
   common options: --reps N, --size quick|full (run_bench.py's sizes),
                   --scale K (multiply the size), --only REGEX, --timeout S
 
@@ -166,6 +171,18 @@ def cmd_stats(args):
     return problems
 
 
+def cmd_ab(args):
+    names = [n for n, _, _, _ in run_bench.workloads() if not args.only or re.search(args.only, n)]
+    works = pick(names, args.size, args.scale, args.bin_dir)
+    a, b = os.path.abspath(args.a), os.path.abspath(args.b)
+    header(args, [("A", a), ("B", b)])
+    res = measure([("A", a, []), ("B", b, [])], works, args.reps, args.timeout, spawn_helper(args.bin_dir))
+    problems = report(res, ["A", "B"], "A", "two builds: B/A below 1 means B is faster")
+    if args.instructions:
+        problems += instruction_counts(works, [("A", a), ("B", b)], args.timeout * 100)
+    return problems
+
+
 def instruction_counts(works, libs, timeout):
     """Instructions executed, user space, per build: one callgrind run each."""
     valgrind = shutil.which("valgrind")
@@ -174,7 +191,8 @@ def instruction_counts(works, libs, timeout):
     vg = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
     print("\n== instructions executed (valgrind --tool=callgrind, one run each); "
           "threaded workloads vary a little with scheduling")
-    print(f"{'workload':20} {'ON':>14} {'OFF':>14}  ON/OFF")
+    (first, _), (second, _) = libs
+    print(f"{'workload':20} {first:>14} {second:>14}  {first}/{second}")
     problems, ratios = [], []
     for name, argv, env in works:
         counts = {}
@@ -186,9 +204,9 @@ def instruction_counts(works, libs, timeout):
                 break
             counts[label] = int(m[-1])
         if len(counts) == len(libs):
-            ratio = counts["ON"] / counts["OFF"]
+            ratio = counts[first] / counts[second]
             ratios.append(ratio)
-            print(f"{name:20} {counts['ON']:>14,} {counts['OFF']:>14,}  {ratio:.3f}")
+            print(f"{name:20} {counts[first]:>14,} {counts[second]:>14,}  {ratio:.3f}")
     if ratios:
         print(f"{'geometric mean':50} {math.exp(sum(map(math.log, ratios)) / len(ratios)):.3f}")
     return problems
@@ -258,9 +276,13 @@ def main():
     d.add_argument("--vg-reps", type=int, default=3)
     d.add_argument("--vg-timeout", type=float, default=900, help="seconds per valgrind run")
     d.add_argument("--no-valgrind", action="store_true")
+    c = sub.add_parser("ab", parents=[common], help="any two builds (a change against its parent)")
+    c.add_argument("--a", required=True, help="libsmalloc.so, the reference (say, built at the parent commit)")
+    c.add_argument("--b", required=True, help="libsmalloc.so, the other")
+    c.add_argument("--instructions", action="store_true", help="add the callgrind instruction counts")
     args = ap.parse_args()
     args.bin_dir = os.path.abspath(args.bin_dir)
-    problems = cmd_stats(args) if args.cmd == "stats" else cmd_debug(args)
+    problems = {"stats": cmd_stats, "debug": cmd_debug, "ab": cmd_ab}[args.cmd](args)
     if problems:
         print("\nPROBLEMS:\n  " + "\n  ".join(problems))
         return 1
