@@ -687,15 +687,19 @@ TEST_P(ApiTest, MallocPointersAreAlignedForAnyObjectThatFits) {
 
 #ifndef SMALLOC_TEST_DEBUG
 // smalloc's own promise (DESIGN.md): slots are powers of two aligned to their
-// size, and malloc_usable_size reports the slot.
-TEST_P(ApiTest, MallocPointersAreAlignedToTheirPowerOfTwoSlot) {
-  for (size_t n : {size_t{1}, size_t{9}, size_t{17}, size_t{100}, size_t{1000}, size_t{5000}, 100 * KiB,
-                   3 * MiB, 100 * MiB}) {
+// size, a block ends where its slot ends, and malloc_usable_size reports the
+// rest of the slot. A block starts at its slot, but for those of 4 KiB to
+// 1 MiB slots that leave room, which start 64 bytes in (off the page grid).
+TEST_P(ApiTest, MallocPointersLieAtTheEndOfTheirPowerOfTwoSlot) {
+  for (size_t n : {size_t{1}, size_t{9}, size_t{17}, size_t{100}, size_t{1000}, size_t{4096}, size_t{4097},
+                   size_t{5000}, size_t{8128}, size_t{8129}, 100 * KiB, MiB - 64, MiB - 63, MiB + 1, 3 * MiB,
+                   100 * MiB}) {
     void* p = A.malloc(n);
     ASSERT_NE(p, nullptr);
-    size_t usable = A.malloc_usable_size(p);
-    EXPECT_TRUE(std::has_single_bit(usable)) << "usable size " << usable << " of malloc(" << n << ")";
-    EXPECT_TRUE(aligned(p, usable)) << "malloc(" << n << ") = " << p << " is not aligned to its slot " << usable;
+    const size_t slot = std::bit_ceil(std::max<size_t>(n, 8));
+    const size_t into = slot > 4 * KiB && slot <= MiB && n <= slot - 64 ? 64 : 0;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % slot, into) << "malloc(" << n << ") = " << p;
+    EXPECT_EQ(A.malloc_usable_size(p), slot - into) << "malloc(" << n << ")";
     A.free(p);
   }
 }

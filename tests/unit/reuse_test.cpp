@@ -246,8 +246,12 @@ size_t CallocNonzeroBytes(size_t size, int n, std::vector<void*>& out) {
 // Pages of [p, p + n) that are resident.
 size_t ResidentPages(void* p, size_t n) {
   const size_t page = size_t(sysconf(_SC_PAGESIZE));
-  std::vector<unsigned char> v((n + page - 1) / page);  // mincore fills one per page started
-  EXPECT_EQ(mincore(p, n, v.data()), 0);
+  // mincore takes a page-aligned start (blocks may start past one) and fills
+  // one byte per page started.
+  const uintptr_t start = reinterpret_cast<uintptr_t>(p) & -uintptr_t(page);
+  n += reinterpret_cast<uintptr_t>(p) - start;
+  std::vector<unsigned char> v((n + page - 1) / page);
+  EXPECT_EQ(mincore(reinterpret_cast<void*>(start), n, v.data()), 0);
   return size_t(std::count_if(v.begin(), v.end(), [](unsigned char c) { return c & 1; }));
 }
 

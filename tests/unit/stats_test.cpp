@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <barrier>
+#include <bit>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -24,8 +25,8 @@ std::unique_ptr<smalloc_stats> Snapshot() {
 
 // The size class (log2 of the slot) smalloc_malloc(n) uses.
 unsigned ClassOf(void* p) {
-  size_t usable = smalloc_malloc_usable_size(p);
-  return unsigned(__builtin_ctzll(usable));
+  // A block ends where its slot ends (it may start a little past the slot).
+  return unsigned(std::bit_width(smalloc_malloc_usable_size(p) - 1));
 }
 
 // Which slab of its class a block is in: the slab whose in_use moved.
