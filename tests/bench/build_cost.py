@@ -21,15 +21,15 @@ smalloc, interleaved, one process per run, ratios taken within a repetition.
 
   build_cost.py ab --a base/libsmalloc.so --b build/libsmalloc.so --bin-dir build/tests/bench
       any two builds (say, a change against its parent commit) on every
-      run_bench.py workload (--only narrows them); prints B/A, and with
-      --instructions the callgrind counts too
+      run_bench.py workload (--only narrows them); prints B/A for wall time,
+      CPU time and peak RSS, and with --instructions the callgrind counts too
 
   common options: --reps N, --size quick|full (run_bench.py's sizes),
                   --scale K (multiply the size), --only REGEX, --timeout S
 
 Workload argv and sizes come from run_bench.py's workloads(). The order of the
 builds rotates every repetition (A B, B A, ...). Printed: median wall and CPU
-(user+sys) time per build, and the median of the per-repetition ratios with
+(user+sys) time and peak RSS per build, and the median of the per-repetition ratios with
 their interquartile range. Nothing passes or fails on time: the exit status is
 non-zero only if a run failed or printed a different checksum.
 
@@ -100,15 +100,16 @@ def quartiles(xs):
 def summarise(results, labels, ref):
     """Rows of text for the wall and CPU tables; problems found."""
     problems, tables = [], []
-    for key, title in (("wall", "Wall time"), ("cpu", "CPU time user+sys")):
-        header = ["workload"] + [f"{l} s" for l in labels] + \
+    for key, title in (("wall", "Wall time"), ("cpu", "CPU time user+sys"), ("maxrss_mib", "Peak RSS MiB")):
+        header = ["workload"] + [f"{l} MiB" if key == "maxrss_mib" else f"{l} s" for l in labels] + \
                  [f"{l}/{ref} [IQR]" for l in labels if l != ref]
         rows, per_label_ratios = [], {l: [] for l in labels if l != ref}
         for w, per in results.items():
             row = [w]
             for l in labels:
                 ok = [r[key] for r in per[l] if r["status"] == "ok"]
-                row.append(f"{statistics.median(ok):.3f}" if ok else "FAILED")
+                row.append((f"{statistics.median(ok):.1f}" if key == "maxrss_mib" else f"{statistics.median(ok):.3f}")
+                           if ok else "FAILED")
             base = {r["rep"]: r[key] for r in per[ref] if r["status"] == "ok"}
             for l in labels:
                 if l == ref:
