@@ -372,18 +372,18 @@ class Heap {
     }
   }
 
-  // See ThreadState::staged.
-  [[gnu::noinline]] static void stage(const Layout L, const Where w) {
-    const uintptr_t pos = L.staged_pos(w.cls, w.slab, w.index);
-    uint64_t* const word = reinterpret_cast<uint64_t*>(L.staged_bits0(w.cls)) + (pos >> 6);
+  // See ThreadState::staged. Inlined into free_elsewhere: one frame for both.
+  [[gnu::always_inline]] static void stage(const Layout& L, unsigned cls, const char* slot) {
+    const uintptr_t pos = L.staged_pos(cls, slot);
+    uint64_t* const word = reinterpret_cast<uint64_t*>(L.staged_bits0(cls)) + (pos >> 6);
     const uint64_t bit = uint64_t{1} << (pos & 63), bits = *word;
     if (bits & bit) return;  // staged already (a double free): once is enough
     *word = bits | bit;
     if (bits == 0) {
-      reinterpret_cast<uint64_t*>(L.staged_bits1(w.cls))[pos >> 12] |= uint64_t{1} << ((pos >> 6) & 63);
-      if (uintptr_t(word) - 1 < uintptr_t(t_thread.staged_from[w.cls]) - 1) t_thread.staged_from[w.cls] = word;
+      reinterpret_cast<uint64_t*>(L.staged_bits1(cls))[pos >> 12] |= uint64_t{1} << ((pos >> 6) & 63);
+      if (uintptr_t(word) - 1 < uintptr_t(t_thread.staged_from[cls]) - 1) t_thread.staged_from[cls] = word;
     }
-    if (++t_thread.staged[w.cls] == kOwnListLimit[w.cls]) unstage(L, t_thread, w.cls);
+    if (++t_thread.staged[cls] == kOwnListLimit[cls]) unstage(L, t_thread, cls);
   }
 
   // Hands t's staged slots of `cls` to the shared list, lowest first.
@@ -678,25 +678,25 @@ class Heap {
   // it does not need.
   [[gnu::noinline]] void free_elsewhere(unsigned cls, unsigned slab, const Released r) {
     const Layout L = layout();
-    const Where w{cls, slab, r.slot ? L.index_of(r.slot, cls) : 0};
     const unsigned me = t_thread.slab_plus_one - 1;  // >= kNumSlabs if not assigned yet, or shared
-    if (__builtin_expect(me >= kNumSlabs, 0)) return free_from_shared_row(L, w, r);
-    if (kProcessHeap && w.slab == me) {  // the private list is full (or the policy keeps the slot)
+    if (__builtin_expect(me >= kNumSlabs, 0)) return free_from_shared_row(L, cls, slab, r);
+    if (kProcessHeap && slab == me) {  // the private list is full (or the policy keeps the slot)
       if constexpr (Policy::kStats) {
         if (r.valid) {
-          stats::add(t_thread.counts.frees[w.cls], 1, false);
-          stats::add(t_thread.counts.frees_not_listed[w.cls], 1, false);
+          stats::add(t_thread.counts.frees[cls], 1, false);
+          stats::add(t_thread.counts.frees_not_listed[cls], 1, false);
         }
       }
-      if (r.slot && w.cls <= kStagedMaxClass && Layout::has_staged_bits(w.cls, L.span_shift)) return stage(L, w);
+      if (r.slot && cls <= kStagedMaxClass && Layout::has_staged_bits(cls, L.span_shift)) return stage(L, cls, r.slot);
     } else if constexpr (Policy::kStats) {
-      if (r.valid) stats::add(stats::area(L).rows[me].slab[w.cls][w.slab].frees, 1, false);
+      if (r.valid) stats::add(stats::area(L).rows[me].slab[cls][slab].frees, 1, false);
     }
-    if (r.slot) recycle(L, w, r.slot);
+    if (r.slot) recycle(L, {cls, slab, L.index_of(r.slot, cls)}, r.slot);
   }
 
   // A thread that never allocated, or one of more than 64 sharing slabs.
-  [[gnu::noinline, gnu::cold]] void free_from_shared_row(const Layout L, const Where w, const Released r) {
+  [[gnu::noinline, gnu::cold]] void free_from_shared_row(const Layout L, unsigned cls, unsigned slab, const Released r) {
+    const Where w{cls, slab, r.slot ? L.index_of(r.slot, cls) : 0};
     if constexpr (Policy::kStats) {
       if (r.valid) {
         const unsigned home = thread_slab();  // assigns one to a thread that never allocated
@@ -750,8 +750,27 @@ class Heap {
   // and the next look starts where this one found it. A thread that shares
   // its slab (one of more than 64) comes here for every allocation, and
   // takes a used free slot of its slab first.
+  //
+  // Most calls come from a thread that owns its slab, with nothing to look
+  // at first: a growing heap. Those take the new slot at once, in a
+  // function that saves no registers; the rest go to allocate_looking.
   static constexpr uint16_t kMaxLookGap = 1024;
   [[gnu::noinline]] void* allocate_untouched(size_t size, size_t align, Kind kind, bool zero, unsigned cls) {
+    if constexpr (kProcessHeap) {
+      const unsigned home = t_thread.slab_plus_one - 1;  // >= kNumSlabs if shared (or none yet)
+      if (__builtin_expect(home < kNumSlabs && t_thread.look_wait[cls] != 0 &&
+                               (cls > kStagedMaxClass || t_thread.staged[cls] == 0) &&
+                               !((g_orphan_classes.load(std::memory_order_relaxed) >> cls) & 1) &&
+                               pending_where_.load(std::memory_order_relaxed) / kNumSlabs != cls,
+                           1)) {
+        --t_thread.look_wait[cls];
+        return take_new(layout(), home, false, size, align, kind, zero, cls);
+      }
+    }
+    return allocate_looking(size, align, kind, zero, cls);
+  }
+
+  [[gnu::noinline]] void* allocate_looking(size_t size, size_t align, Kind kind, bool zero, unsigned cls) {
     const Layout L = layout();
     const unsigned home = thread_slab();
     const bool shared = thread_shares_slab();
@@ -803,17 +822,29 @@ class Heap {
       put_back_pending(L);
       if (void* p = take_used(where % kNumSlabs)) return p;
     }
-    if (char* slot = pop(L, cls, home, fresh)) {
-      count_allocation(L, home, cls, home, size, fresh, shared);
-      if constexpr (kProcessHeap && Policy::kTrimSlabs) {
-        if (fresh && (t_thread.fresh_bytes += size_t{1} << cls) >= kAutoTrimBytes) {
-          t_thread.fresh_bytes = 0;
-          trim_slabs(L, kAutoTrimSlots);
-        }
-      }
-      return finish(slot, cls, size, align, kind, zero, fresh);
+    return take_new(L, home, shared, size, align, kind, zero, cls);
+  }
+
+  // The next slot of the thread's own slab, most likely never used; if the
+  // slab is full, the fail-over. Every call out of it is a tail call.
+  [[gnu::always_inline]] void* take_new(const Layout& L, unsigned home, bool shared, size_t size, size_t align,
+                                        Kind kind, bool zero, unsigned cls) {
+    bool fresh;
+    char* const slot = pop(L, cls, home, fresh);
+    if (__builtin_expect(slot == nullptr, 0)) return fail_over(L, size, align, kind, zero, cls);
+    count_allocation(L, home, cls, home, size, fresh, shared);
+    if constexpr (kProcessHeap && Policy::kTrimSlabs) {
+      if (fresh && (t_thread.fresh_bytes += size_t{1} << cls) >= kAutoTrimBytes)
+        return trim_then_finish(L, slot, cls, size, align, kind, zero);
     }
-    return fail_over(L, size, align, kind, zero, cls);
+    return finish(slot, cls, size, align, kind, zero, fresh);
+  }
+
+  [[gnu::noinline, gnu::cold]] void* trim_then_finish(const Layout L, char* slot, unsigned cls, size_t size,
+                                                      size_t align, Kind kind, bool zero) {
+    t_thread.fresh_bytes = 0;
+    trim_slabs(L, kAutoTrimSlots);
+    return finish(slot, cls, size, align, kind, zero, true);
   }
 
   [[gnu::noinline, gnu::cold]] void* allocate_slow(size_t size, size_t align, Kind kind, bool zero,

@@ -95,6 +95,11 @@ struct Layout {
   uintptr_t staged_pos(unsigned cls, unsigned slab, uint32_t index) const {
     return (uintptr_t{slab} << (span_shift - cls)) | index;
   }
+  // The same for a pointer into a slot of class cls: its offset in the class's
+  // area, in slots (areas are 2^(S+6) bytes from the 2^S-aligned base).
+  uintptr_t staged_pos(unsigned cls, const void* p) const {
+    return ((reinterpret_cast<uintptr_t>(p) - base) & ((uintptr_t{1} << (span_shift + kSlabBits)) - 1)) >> cls;
+  }
 
   struct Where {
     unsigned cls, slab;
