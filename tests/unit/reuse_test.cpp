@@ -280,6 +280,59 @@ void ExpectTheLastFreedBufferKeptAndOnlyThatOne(size_t big) {
   EXPECT_LE(ResidentPages(again, slot), 1u);
 }
 
+// A thread takes never-used slots a run at a time (up to 64 of this class),
+// and hands out the ones it did not use when it exits. Nothing was taken
+// from its slab after them: they become never-used again, neither counted
+// as touched nor written.
+TEST(Reuse, NewSlotsAThreadTookAheadAreUntouchedAgainWhenItExits) {
+  constexpr size_t kEight = 8;  // class 3
+  const unsigned cls = 3;
+  smalloc_free(smalloc_malloc(kSize));  // the heap is set up (another class)
+  const auto before = Touched(cls);
+  std::vector<void*> first;
+  std::thread([&] { first = AllocateBlocks(kEight, 100); }).join();
+  EXPECT_EQ(Touched(cls), before + 100) << "the slots taken ahead and not handed out still count as touched";
+  // The next thread takes over the slab and the same slots, and they are zero.
+  std::vector<void*> second;
+  std::thread([&] {
+    std::vector<void*> zeroed;
+    EXPECT_EQ(CallocNonzeroBytes(kEight, 100, zeroed), 0u);
+    second = zeroed;
+  }).join();
+  std::set<void*> both(first.begin(), first.end());
+  both.insert(second.begin(), second.end());
+  EXPECT_EQ(both.size(), 200u);
+  const auto [lo, hi] = std::minmax_element(both.begin(), both.end());
+  EXPECT_EQ(static_cast<char*>(*hi) - static_cast<char*>(*lo), 199 * 8) << "the slots taken ahead were skipped";
+  for (void* p : first) smalloc_free(p);
+  for (void* p : second) smalloc_free(p);
+}
+
+// If the slab's list has changed since (here another thread freed a block
+// of it), the unused slots of the run go onto that list instead, and the
+// next allocations take them before any new slot.
+TEST(Reuse, NewSlotsAThreadTookAheadGoBackOnItsListWhenItExits) {
+  constexpr size_t kEight = 8;  // class 3
+  const unsigned cls = 3;
+  smalloc_free(smalloc_malloc(kSize));  // the heap is set up (another class)
+  std::vector<void*> first;
+  {
+    ParkedThread owner([&] { first = AllocateBlocks(kEight, 100); });
+    smalloc_free(first.back());  // from this thread: onto the shared list of the owner's slab
+    first.pop_back();
+  }
+  const auto touched = Touched(cls);
+  EXPECT_GT(touched, 100u) << "no slots were taken ahead: this test proves nothing";
+  std::vector<void*> second;
+  std::thread([&] { second = AllocateBlocks(kEight, int(touched) - 99); }).join();
+  EXPECT_EQ(Touched(cls), touched) << "new slots were taken while the exited thread's run was free";
+  std::set<void*> both(first.begin(), first.end());
+  both.insert(second.begin(), second.end());
+  EXPECT_EQ(both.size(), size_t(touched)) << "a slot was handed out twice";
+  for (void* p : first) smalloc_free(p);
+  for (void* p : second) smalloc_free(p);
+}
+
 TEST(Reuse, TheLastFreedFourMiBBufferIsKeptResidentAndOnlyThatOne) {
   ExpectTheLastFreedBufferKeptAndOnlyThatOne(size_t{3} << 20);
 }
@@ -359,23 +412,28 @@ TEST(Reuse, AForkChildTakesOverWhatThreadsThatDidNotFollowLeft) {
 
 // All free: every page of the slab goes back, and the slots come out again
 // in the same places, zero-filled, without counting as newly touched.
+// (Touched counts the never-used slots a thread takes in a run beyond the
+// last one it handed out too: fewer than a run, 64 slots of this class.)
 TEST(Trim, ASlabWhoseSlotsAreAllFreeGivesBackEveryPage) {
   constexpr size_t kSmall = 50;  // class 6: no other test here uses it
   constexpr int kMany = 1 << 18;  // 16 MiB of slots
+  constexpr unsigned long long kRun = 64;
+  const unsigned cls = 6;
+  smalloc_free(smalloc_malloc(1));  // the heap is set up (another class)
+  const auto before = Touched(cls);
   std::vector<void*> blocks = AllocateTouched(kSmall, kMany, 0xa5);
   const auto [start, span] = Spanned(blocks, 64);
   const size_t pages = span / size_t(sysconf(_SC_PAGESIZE));
   EXPECT_GE(ResidentPages(start, span), pages - 1);
-  const unsigned cls = 6;
-  const auto touched = Touched(cls);
   for (void* p : blocks) smalloc_free(p);  // 1 MiB on the private list, the rest shared
   EXPECT_EQ(smalloc_malloc_trim(0), 1);
   EXPECT_EQ(ResidentPages(start, span), 0u);
-  EXPECT_EQ(Touched(cls), touched - kMany);
+  EXPECT_EQ(Touched(cls), before) << "slots the trim gave back still count as touched";
   std::vector<void*> again;
   EXPECT_EQ(CallocNonzeroBytes(kSmall, kMany, again), 0u);
   EXPECT_EQ(std::set<void*>(again.begin(), again.end()), std::set<void*>(blocks.begin(), blocks.end()));
-  EXPECT_EQ(Touched(cls), touched);
+  EXPECT_GE(Touched(cls), before + kMany) << "slots handed out again were not counted as touched";
+  EXPECT_LT(Touched(cls), before + kMany + kRun);
   for (void* p : again) smalloc_free(p);
 }
 
@@ -448,7 +506,10 @@ TEST(Trim, GrowingInLargeBlocksGivesBackWhatAnotherClassFreed) {
 // time.
 TEST(Trim, AListLongerThanTheBudgetIsTrimmedABudgetAtATime) {
   constexpr size_t kSixteen = 16;  // class 4: no other test here uses it
-  constexpr int kMany = 1 << 17;   // a list of 131072 slots
+  // A list of two budgets' worth, with the never-used slots the thread took
+  // beyond the last block it allocated (fewer than 64), which go back to the
+  // list with its private list when the first trim begins.
+  constexpr int kMany = (1 << 17) - 64;
   constexpr size_t kBig = 12000;   // class 14: idem
   constexpr int kGrow = 2048;      // 32 MiB of new slots
   std::vector<void*> small = AllocateTouched(kSixteen, kMany, 0x11);
@@ -648,6 +709,26 @@ TEST(Reuse, AThreadThatSharesASlabTakesFreeSlotsOfOthersBeforeNewMemory) {
   EXPECT_EQ(Touched(cls), touched) << "a thread sharing a slab took new slots while others' free ones waited";
   EXPECT_EQ(std::set<void*>(again.begin(), again.end()), std::set<void*>(blocks.begin(), blocks.end()));
   for (void* p : again) smalloc_free(p);
+}
+
+// In a fork child, the slots that threads which did not follow it took
+// ahead go back as their other slots do: here, untouched again.
+TEST(Reuse, AForkChildGetsBackTheNewSlotsItsDeadThreadsTookAhead) {
+  constexpr size_t kEight = 8;  // class 3
+  const unsigned cls = 3;
+  smalloc_free(smalloc_malloc(kSize));  // the heap is set up (another class)
+  ParkedThread parked([] { AllocateBlocks(kEight, 100); });  // kept: never freed
+  ASSERT_GT(Touched(cls), 100u) << "no slots were taken ahead: this test proves nothing";
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    void* p = smalloc_malloc(kEight);  // the first of the class in the child: one new slot
+    _exit(p != nullptr && Touched(cls) == 101 ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "the slots a dead thread took ahead were stranded in the fork child";
 }
 
 // A fork child gets the free slots of the threads that did not follow it
