@@ -353,32 +353,6 @@ class Heap {
   }
 
  private:
-  // Takes the first free slot of (cls, slab), or returns nullptr if it is
-  // full, or (kTakeUntouched false) if its next free slot was never used.
-  template <bool kTakeUntouched = true>
-  [[gnu::always_inline]] static char* pop(const Layout& L, unsigned cls, unsigned slab, bool& fresh) {
-    auto& head = L.head<FreeListHead>(cls, slab).word;
-    uint64_t old = head.load(std::memory_order_acquire);
-    for (;;) {
-      uint32_t link = uint32_t(old);
-      uint32_t index = link & kSlotMask;
-      char* slot = L.slot(cls, slab, index);
-      uint32_t next;
-      if (link & kTouched) {
-        // May read a slot another thread just took; the CAS then fails.
-        next = Policy::read_link(slot);
-      } else {
-        if (!kTakeUntouched || index == L.slots_per_slab(cls)) return nullptr;
-        next = index + 1;
-      }
-      if (head.compare_exchange_weak(old, (old & kCountMask) | next, std::memory_order_acquire,
-                                     std::memory_order_acquire)) {
-        fresh = !(link & kTouched);
-        return slot;
-      }
-    }
-  }
-
   static void push(const Layout& L, const Where& w, char* slot) {
     push_chain(L, w.cls, w.slab, kTouched | w.index, slot);
   }
@@ -423,10 +397,11 @@ class Heap {
     push_chain(L, cls, w.slab, kTouched | first, L.slot(cls, w.slab, first + count - 1));
   }
 
-  // Takes the first free slot of (cls, slab), as pop does, and if it was never
-  // used, up to want - 1 more never-used ones after it: `n` in all.
-  [[gnu::always_inline]] static char* pop_run(const Layout& L, unsigned cls, unsigned slab, uint32_t want,
-                                               bool& fresh, uint32_t& n) {
+  // Takes the first free slot of (cls, slab), and if it was never used, up to
+  // `want` - 1 more never-used ones after it: `n` in all. Returns nullptr if
+  // the slab is full, or (want 0) if its next free slot was never used.
+  [[gnu::always_inline]] static char* pop(const Layout& L, unsigned cls, unsigned slab, uint32_t want, bool& fresh,
+                                          uint32_t& n) {
     auto& head = L.head<FreeListHead>(cls, slab).word;
     uint64_t old = head.load(std::memory_order_acquire);
     for (;;) {
@@ -434,11 +409,12 @@ class Heap {
       char* const slot = L.slot(cls, slab, index);
       uint32_t next;
       if (link & kTouched) {
-        next = Policy::read_link(slot);  // as in pop
+        // May read a slot another thread just took; the CAS then fails.
+        next = Policy::read_link(slot);
         n = 1;
       } else {
         const uint32_t left = L.slots_per_slab(cls) - index;
-        if (left == 0) return nullptr;
+        if (want == 0 || left == 0) return nullptr;
         n = std::min(want, left);
         next = index + n;
       }
@@ -448,6 +424,12 @@ class Heap {
         return slot;
       }
     }
+  }
+  // One slot; a used one only if kTakeUntouched is false.
+  template <bool kTakeUntouched = true>
+  [[gnu::always_inline]] static char* pop(const Layout& L, unsigned cls, unsigned slab, bool& fresh) {
+    uint32_t n;
+    return pop(L, cls, slab, kTakeUntouched ? 1 : 0, fresh, n);
   }
 
   // See ThreadState::staged. Inlined into free_elsewhere: one frame for both.
@@ -914,7 +896,7 @@ class Heap {
                                         Kind kind, bool zero, unsigned cls, uint32_t want) {
     bool fresh;
     uint32_t n;
-    char* const slot = pop_run(L, cls, home, want, fresh, n);
+    char* const slot = pop(L, cls, home, want, fresh, n);
     if (__builtin_expect(slot == nullptr, 0)) return fail_over(L, size, align, kind, zero, cls);
     count_allocation(L, home, cls, home, size, fresh, shared);
     if constexpr (kProcessHeap) {
