@@ -768,11 +768,12 @@ class Heap {
 
   // Counted by the allocating thread: what it takes from its own slab in its
   // thread state, the rest in its owner row.
+  // `fresh`: how many never-used slots the allocation took (a run's too).
   [[gnu::always_inline]] static void count_allocation(const Layout& L, unsigned owner, unsigned cls, unsigned slab,
-                                                      size_t size, bool fresh, bool shared) {
+                                                      size_t size, uint32_t fresh, bool shared) {
     if constexpr (Policy::kStats) {
       stats::SlabCounters& c = stats::row(L, owner, shared).slab[cls][slab];
-      if (fresh) stats::add(c.fresh, 1, shared);
+      if (fresh) stats::add(c.fresh, fresh, shared);
       if (kProcessHeap && slab == owner && !shared) {
         count_own_allocation(cls, size);
       } else {
@@ -898,12 +899,11 @@ class Heap {
     uint32_t n;
     char* const slot = pop(L, cls, home, want, fresh, n);
     if (__builtin_expect(slot == nullptr, 0)) return fail_over(L, size, align, kind, zero, cls);
-    count_allocation(L, home, cls, home, size, fresh, shared);
+    count_allocation(L, home, cls, home, size, fresh ? n : 0, shared);  // the run counts as touched now
     if constexpr (kProcessHeap) {
       if (n > 1) {
         t_thread.run_next[cls] = slot + (size_t{1} << cls);
         t_thread.run_end[cls] = slot + (size_t{n} << cls);
-        if constexpr (Policy::kStats) stats::add(stats::row(L, home, false).slab[cls][home].fresh, n - 1, false);
       }
       if constexpr (Policy::kTrimSlabs) {
         if (fresh && (t_thread.fresh_bytes += size_t{n} << cls) >= kAutoTrimBytes)
