@@ -10,7 +10,8 @@
 // equal to the slab's slot count (untouched) means the slab is full.
 //
 // Each thread allocates from its own slab (see thread_slab()); frees go back to
-// the slab the pointer came from, whichever thread frees. When a slab is full
+// the slab the pointer came from, whichever thread frees (another thread's
+// free onto a second list, FreeListHead::remote). When a slab is full
 // the allocation fails over to the other slabs of the class, then to larger
 // classes, and only then returns NULL with errno = ENOMEM.
 //
@@ -154,6 +155,14 @@ struct alignas(kHeadBytes) FreeListHead {
   // The push count when this list was last trimmed: nothing freed since, no
   // pages to give back (written by trimmers only, read by them only).
   std::atomic<uint32_t> trimmed_at;
+  // What other threads free into the slab: a second list, on lines of its
+  // own, so that their pushes and the owner's pops do not fight over one
+  // line for every block (prodcons: 65% of malloc's time was that line and
+  // the slot's). The low half links to the first slot (0: empty), the high
+  // half is the last one's number: whoever takes the list, all of it with
+  // one exchange (Heap::take_remote), puts it in front of `word` with one
+  // push. Push-only and take-all, it needs no count against ABA.
+  alignas(128) std::atomic<uint64_t> remote;
 };
 inline constexpr uint64_t kCountOne = uint64_t{1} << 32;
 inline constexpr uint64_t kCountMask = ~uint64_t{0} << 32;
@@ -180,7 +189,10 @@ class Heap {
       // Only slots of a class the layout has, of the thread's own slab, are
       // ever on its list: nothing else to check (cls may be up to 64).
       if (char* slot = cls < kDiscardClass ? t_thread.own_head[cls] : nullptr; slot != nullptr) {
-        std::memcpy(&t_thread.own_head[cls], slot, sizeof(char*));
+        char* next;
+        std::memcpy(&next, slot, sizeof next);
+        t_thread.own_head[cls] = next;
+        __builtin_prefetch(next, 1);  // as pop() does
         --t_thread.counts.listed[cls];
         // Counted by the list's length alone (OwnSlabCounters): one add less.
         if constexpr (Policy::kStats) stats::add(t_thread.counts.bytes_requested[cls], size, false);
@@ -370,6 +382,31 @@ class Heap {
     }
   }
 
+  // See FreeListHead::remote. The last slot's link is set when the list is
+  // taken.
+  static void push_remote(const Layout& L, const Where& w, char* slot) {
+    auto& remote = L.head<FreeListHead>(w.cls, w.slab).remote;
+    uint64_t old = remote.load(std::memory_order_relaxed);
+    for (;;) {
+      Policy::write_link(slot, uint32_t(old));
+      const uint64_t last = uint32_t(old) != 0 ? old & kCountMask : uint64_t{w.index} << 32;
+      if (remote.compare_exchange_weak(old, last | kTouched | w.index, std::memory_order_release,
+                                       std::memory_order_relaxed))
+        return;
+    }
+  }
+
+  // Moves (cls, slab)'s remote list, if any, in front of its free list.
+  // False if it had none.
+  static bool take_remote(const Layout& L, unsigned cls, unsigned slab) {
+    auto& remote = L.head<FreeListHead>(cls, slab).remote;
+    if (remote.load(std::memory_order_relaxed) == 0) return false;
+    const uint64_t list = remote.exchange(0, std::memory_order_acquire);
+    if (list == 0) return false;
+    push_chain(L, cls, slab, uint32_t(list), L.slot(cls, slab, uint32_t(list >> 32)));
+    return true;
+  }
+
   // Hands t's run of never-used slots of `cls` back (ThreadState::run_next).
   // If nothing was taken from the slab after it, the head's first untouched
   // slot moves back to the run's start: the slots stay untouched (zero, and
@@ -421,6 +458,10 @@ class Heap {
       if (head.compare_exchange_weak(old, (old & kCountMask) | next, std::memory_order_acquire,
                                      std::memory_order_acquire)) {
         fresh = !(link & kTouched);
+        // The next pop reads that slot's link, most likely written by
+        // another core (a free), and the caller then writes into it: fetch it
+        // now, while the caller works on this one, not then.
+        if (next & kTouched) __builtin_prefetch(L.slot(cls, slab, next & kSlotMask), 1);
         return slot;
       }
     }
@@ -498,6 +539,7 @@ class Heap {
     uint64_t* const marks = trim_marks_;
     const uint32_t full = L.slots_per_slab(cls);
     PendingTrim walked = pending_.last && pending_.cls == cls && pending_.slab == slab ? pending_ : PendingTrim{};
+    take_remote(L, cls, slab);
     uint64_t old = head.load(std::memory_order_acquire);
     do {
       if (walked.last) continue;  // the walk goes on, news or not
@@ -748,10 +790,19 @@ class Heap {
         }
       }
       if (r.slot && cls <= kStagedMaxClass && Layout::has_staged_bits(cls, L.span_shift)) return stage(L, cls, r.slot);
-    } else if constexpr (Policy::kStats) {
+      if (r.slot) recycle(L, {cls, slab, L.index_of(r.slot, cls)}, r.slot);
+      return;
+    }
+    if constexpr (Policy::kStats) {
       if (r.valid) stats::add(stats::area(L).rows[me].slab[cls][slab].frees, 1, false);
     }
-    if (r.slot) recycle(L, {cls, slab, L.index_of(r.slot, cls)}, r.slot);
+    if (r.slot) recycle_remote(L, {cls, slab, L.index_of(r.slot, cls)}, r.slot);
+  }
+
+  // A slot freed by a thread that does not own its slab.
+  [[gnu::always_inline]] void recycle_remote(const Layout& L, const Where& w, char* slot) {
+    if (__builtin_expect(w.cls >= kDiscardClass, 0)) return discard_and_push(L, w, slot);
+    push_remote(L, w, slot);
   }
 
   // A thread that never allocated, or one of more than 64 sharing slabs.
@@ -763,7 +814,7 @@ class Heap {
         stats::add(stats::row(L, home, thread_shares_slab()).slab[w.cls][w.slab].frees, 1, thread_shares_slab());
       }
     }
-    if (r.slot) recycle(L, w, r.slot);
+    if (r.slot) recycle_remote(L, w, r.slot);
   }
 
   // Counted by the allocating thread: what it takes from its own slab in its
@@ -819,16 +870,18 @@ class Heap {
   [[gnu::noinline]] void* allocate_untouched(size_t size, size_t align, Kind kind, bool zero, unsigned cls) {
     if constexpr (kProcessHeap) {
       const unsigned home = t_thread.slab_plus_one - 1;  // >= kNumSlabs if shared (or none yet)
+      const Layout L = layout();
       if (__builtin_expect(home < kNumSlabs && t_thread.look_wait[cls] != 0 &&
                                (cls > kStagedMaxClass || t_thread.staged[cls] == 0) &&
                                !((g_orphan_classes.load(std::memory_order_relaxed) >> cls) & 1) &&
-                               pending_where_.load(std::memory_order_relaxed) / kNumSlabs != cls,
+                               pending_where_.load(std::memory_order_relaxed) / kNumSlabs != cls &&
+                               L.head<FreeListHead>(cls, home).remote.load(std::memory_order_relaxed) == 0,
                            1)) {
         // As many new slots as the next look is away, up to a run: looks
         // come as often, counted in slots, as when slots came one by one.
         const uint32_t want = std::min<uint32_t>(run_slots(cls), t_thread.look_wait[cls]);
         t_thread.look_wait[cls] = uint16_t(t_thread.look_wait[cls] - want);
-        return take_new(layout(), home, false, size, align, kind, zero, cls, want);
+        return take_new(L, home, false, size, align, kind, zero, cls, want);
       }
     }
     return allocate_looking(size, align, kind, zero, cls);
@@ -849,6 +902,9 @@ class Heap {
     if constexpr (kProcessHeap) {
       if ((g_orphan_classes.load(std::memory_order_relaxed) >> cls) & 1) adopt_orphans(cls);
     }
+    if (take_remote(L, cls, home)) {
+      if (void* p = take_used(home)) return p;
+    }
     if (shared) {
       if (void* p = take_used(home)) return p;
     } else if constexpr (kProcessHeap) {
@@ -864,7 +920,7 @@ class Heap {
       for (unsigned k = 0; k < kNumSlabs; ++k) {
         const unsigned slab = (start + k) % kNumSlabs;
         const uint64_t word = L.head<FreeListHead>(cls, slab).word.load(std::memory_order_relaxed);
-        if (slab == home || !(uint32_t(word) & kTouched)) continue;
+        if (slab == home || (!(uint32_t(word) & kTouched) && !take_remote(L, cls, slab))) continue;
         if (void* p = take_used(slab)) {
           t_thread.look_gap[cls] = 0;
           t_thread.look_from[cls] = uint8_t(slab);
@@ -950,6 +1006,7 @@ class Heap {
       for (unsigned k = 0; k < kNumSlabs; ++k) {
         bool fresh;
         const unsigned slab = (home + k) % kNumSlabs;
+        take_remote(L, c, slab);
         if (char* slot = pop(L, c, slab, fresh)) {
           count_allocation(L, home, c, slab, size, fresh, thread_shares_slab());
           if constexpr (Policy::kStats) {

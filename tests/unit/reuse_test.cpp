@@ -129,6 +129,37 @@ TEST(Reuse, AThreadTakesSlotsFreedInAnotherSlabBeforeTouchingNewMemory) {
   for (void* p : consumer_blocks) smalloc_free(p);
 }
 
+// Blocks another thread freed wait on the slab's second list
+// (FreeListHead::remote) until the owner's own ones run out: then the owner
+// takes them all, before any new slot.
+TEST(Reuse, TheOwnerTakesWhatOtherThreadsFreedIntoItsSlabBeforeNewMemory) {
+  constexpr size_t kSmall = 48;  // class 6: new slots come 64 at a time
+  const unsigned cls = 6;
+  smalloc_free(smalloc_malloc(kSize));  // the main thread has its slab (another class)
+  std::vector<void*> first, second;
+  std::barrier sync(2);
+  unsigned long long touched = 0;
+  std::thread owner([&] {
+    first = AllocateBlocks(kSmall, kBlocks);
+    sync.arrive_and_wait();  // the main thread frees them
+    sync.arrive_and_wait();
+    touched = Touched(cls);
+    second = AllocateBlocks(kSmall, kBlocks);
+    sync.arrive_and_wait();  // before the thread exits and hands anything back
+  });
+  sync.arrive_and_wait();
+  for (void* p : first) smalloc_free(p);
+  sync.arrive_and_wait();
+  sync.arrive_and_wait();
+  EXPECT_EQ(Touched(cls), touched) << "new slots were taken while other threads' frees waited";
+  const std::set<void*> freed(first.begin(), first.end());
+  const auto reused = std::count_if(second.begin(), second.end(), [&](void* p) { return freed.count(p) != 0; });
+  // The rest: new slots the owner had taken ahead (at most a run of 64).
+  EXPECT_GE(reused, kBlocks - 64);
+  owner.join();
+  for (void* p : second) smalloc_free(p);
+}
+
 // A live thread keeps at most 1 MiB of a class on its private list: the rest
 // of what it frees is at once available to the other threads.
 TEST(Reuse, ALiveThreadsPrivateListIsBounded) {
@@ -308,18 +339,25 @@ TEST(Reuse, NewSlotsAThreadTookAheadAreUntouchedAgainWhenItExits) {
   for (void* p : second) smalloc_free(p);
 }
 
-// If the slab's list has changed since (here another thread freed a block
-// of it), the unused slots of the run go onto that list instead, and the
-// next allocations take them before any new slot.
+// If the slab's list has changed since (here another thread freed two
+// blocks of it, and a third took one of them), the unused slots of the run
+// go onto that list instead, and the next allocations take them before any
+// new slot.
 TEST(Reuse, NewSlotsAThreadTookAheadGoBackOnItsListWhenItExits) {
   constexpr size_t kEight = 8;  // class 3
   const unsigned cls = 3;
   smalloc_free(smalloc_malloc(kSize));  // the heap is set up (another class)
   std::vector<void*> first;
+  void* looked = nullptr;
   {
     ParkedThread owner([&] { first = AllocateBlocks(kEight, 100); });
-    smalloc_free(first.back());  // from this thread: onto the shared list of the owner's slab
-    first.pop_back();
+    for (int i = 0; i < 2; ++i) {  // from this thread: onto the owner's slab's list of other threads' frees
+      smalloc_free(first.back());
+      first.pop_back();
+    }
+    // A new thread looks at the other slabs before it takes new memory:
+    // it moves those two onto the owner's list and takes one.
+    std::thread([&] { looked = smalloc_malloc(kEight); }).join();
   }
   const auto touched = Touched(cls);
   EXPECT_GT(touched, 100u) << "no slots were taken ahead: this test proves nothing";
@@ -327,10 +365,12 @@ TEST(Reuse, NewSlotsAThreadTookAheadGoBackOnItsListWhenItExits) {
   std::thread([&] { second = AllocateBlocks(kEight, int(touched) - 99); }).join();
   EXPECT_EQ(Touched(cls), touched) << "new slots were taken while the exited thread's run was free";
   std::set<void*> both(first.begin(), first.end());
+  both.insert(looked);
   both.insert(second.begin(), second.end());
   EXPECT_EQ(both.size(), size_t(touched)) << "a slot was handed out twice";
   for (void* p : first) smalloc_free(p);
   for (void* p : second) smalloc_free(p);
+  smalloc_free(looked);
 }
 
 TEST(Reuse, TheLastFreedFourMiBBufferIsKeptResidentAndOnlyThatOne) {
