@@ -53,9 +53,9 @@ void release_slab(void* value) {
 constinit ThreadState g_orphans[kNumSlabs]{};
 constinit std::atomic<uint64_t> g_orphan_slabs{0};
 
-// A fork waits for the slab trims under way (Heap::begin_fork).
-void before_fork() { g_heap.begin_fork(); }
-void after_fork_in_parent() { g_heap.end_fork(false); }
+// A fork waits for the slab trims under way (Trimmer::begin_fork).
+void before_fork() { g_heap.trimmer().begin_fork(); }
+void after_fork_in_parent() { g_heap.trimmer().end_fork(false); }
 
 // In a fork child only the forking thread lives on. The others' slabs would
 // stay taken, and the slots they held to themselves stranded: the slabs are
@@ -63,7 +63,7 @@ void after_fork_in_parent() { g_heap.end_fork(false); }
 // back as they need them. (A thread interrupted inside free() may lose the
 // one slot it was freeing; one inside a stats read has its count reset.)
 void after_fork_in_child() {
-  g_heap.end_fork(true);
+  g_heap.trimmer().end_fork(true);
   const Layout L = g_heap.layout();
   if (L.max_class() < kMinClass) return;
   if constexpr (Policy::kStats) stats::forget_readers(L);
@@ -114,12 +114,12 @@ constinit std::atomic<uint64_t> g_orphan_classes{0};
 void adopt_orphans(unsigned cls) {
   // The lists are off their records while they go back: a fork meanwhile
   // waits, as for a trim; one already waiting leaves this for later.
-  if (!g_heap.enter_trim()) return;
+  if (!g_heap.trimmer().enter_trim()) return;
   const Layout L = g_heap.layout();
   for (uint64_t m = g_orphan_slabs.load(std::memory_order_acquire); m != 0; m &= m - 1)
     g_heap.return_thread_list(L, g_orphans[__builtin_ctzll(m)], cls);
   g_orphan_classes.fetch_and(~(uint64_t{1} << cls), std::memory_order_relaxed);
-  g_heap.leave_trim();
+  g_heap.trimmer().leave_trim();
 }
 
 unsigned assign_thread_slab() {

@@ -1,13 +1,7 @@
 // The lock-free slab heap: one reservation, one free list per (class, slab),
 // one compare-and-swap per malloc or free.
 //
-// A free list's head is a 64-bit word: the low half is a link (a slot number
-// plus the "touched" bit), the high half counts pushes so that a pop whose
-// view is stale can never succeed (ABA). A free slot's first 4 bytes hold the
-// link to the next one. A link without the touched bit names a slot that was
-// never handed out: its successor is simply the next slot number, so a new
-// slab needs no initialisation and its memory is known to be zero. The link
-// equal to the slab's slot count (untouched) means the slab is full.
+// The lists themselves: free_list.hpp; giving pages back: trim.hpp.
 //
 // Each thread allocates from its own slab (see thread_slab()); frees go back to
 // the slab the pointer came from, whichever thread frees (another thread's
@@ -24,14 +18,13 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <ctime>
 
-#include <sched.h>
-
+#include "free_list.hpp"
 #include "huge.hpp"
 #include "layout.hpp"
 #include "pal.hpp"
 #include "stats.hpp"
+#include "trim.hpp"
 
 namespace smalloc {
 
@@ -114,7 +107,7 @@ struct ThreadState {
   char* run_next[kNumClasses];
   char* run_end[kNumClasses];
   // Bytes of never-used slots the thread has taken since it last trimmed:
-  // see Heap::kAutoTrimBytes.
+  // see kAutoTrimBytes (trim.hpp).
   uint64_t fresh_bytes;
   // What the thread does to its own slab, counted here and published in its
   // owner row (stats.hpp).
@@ -150,29 +143,13 @@ struct Released {
   char* slot;
 };
 
-struct alignas(kHeadBytes) FreeListHead {
-  std::atomic<uint64_t> word;
-  // The push count when this list was last trimmed: nothing freed since, no
-  // pages to give back (written by trimmers only, read by them only).
-  std::atomic<uint32_t> trimmed_at;
-  // What other threads free into the slab: a second list, on lines of its
-  // own, so that their pushes and the owner's pops do not fight over one
-  // line for every block (prodcons: 65% of malloc's time was that line and
-  // the slot's). The low half links to the first slot (0: empty), the high
-  // half is the last one's number: whoever takes the list, all of it with
-  // one exchange (Heap::take_remote), puts it in front of `word` with one
-  // push. Push-only and take-all, it needs no count against ABA.
-  alignas(128) std::atomic<uint64_t> remote;
-};
-inline constexpr uint64_t kCountOne = uint64_t{1} << 32;
-inline constexpr uint64_t kCountMask = ~uint64_t{0} << 32;
-
 // kProcessHeap: the process's one heap, the only one that may keep state in
 // t_thread (which is per thread, not per heap); test heaps keep none.
 template <class Policy, bool kProcessHeap = false>
 class Heap {
  public:
   using Where = Layout::Where;
+  using Lists = FreeLists<Policy>;
 
   // span_shift: the largest layout to try; tests pass a small one.
   constexpr explicit Heap(unsigned span_shift = kMaxSpanShift) : preferred_span_shift_(span_shift) {}
@@ -192,7 +169,7 @@ class Heap {
         char* next;
         std::memcpy(&next, slot, sizeof next);
         t_thread.own_head[cls] = next;
-        __builtin_prefetch(next, 1);  // as pop() does
+        __builtin_prefetch(next, 1);  // as FreeLists::pop does
         --t_thread.counts.listed[cls];
         // Counted by the list's length alone (OwnSlabCounters): one add less.
         if constexpr (Policy::kStats) stats::add(t_thread.counts.bytes_requested[cls], size, false);
@@ -203,7 +180,7 @@ class Heap {
     const unsigned slab = t_thread.slab_plus_one - 1;  // >= kNumSlabs if not assigned yet, or shared
     if (__builtin_expect(cls <= L.max_class() && slab < kNumSlabs && !is_kept_class(cls), 1)) {
       bool fresh;
-      if (char* slot = pop<false>(L, cls, slab, fresh); __builtin_expect(slot != nullptr, 1)) {
+      if (char* slot = Lists::template pop<false>(L, cls, slab, fresh); __builtin_expect(slot != nullptr, 1)) {
         count_allocation(L, slab, cls, slab, size, false, false);
         return finish(slot, cls, size, align, kind, zero, false);
       }
@@ -348,7 +325,7 @@ class Heap {
       char* next;
       std::memcpy(&next, slot, sizeof next);
       Where w;
-      if (L.locate(slot, w)) push(L, w, slot);
+      if (L.locate(slot, w)) Lists::push(L, w, slot);
       slot = next;
     }
     // The list's length first: a reader that sees the slots returned sees
@@ -357,56 +334,18 @@ class Heap {
     std::atomic_ref<uint64_t>(t.counts.returned[cls]).store(t.counts.returned[cls] + length, std::memory_order_release);
   }
 
+  // For fork's handlers, and for whatever else takes lists off their records
+  // (adopt_orphans).
+  Trimmer<Policy>& trimmer() { return trimmer_; }
+
   // Puts a slot back on its slab's free list. The debug policy calls it when a
   // slot leaves quarantine.
   [[gnu::always_inline]] void recycle(const Layout& L, const Where& w, char* slot) {
     if (__builtin_expect(w.cls >= kDiscardClass, 0)) return discard_and_push(L, w, slot);
-    push(L, w, slot);
+    Lists::push(L, w, slot);
   }
 
  private:
-  static void push(const Layout& L, const Where& w, char* slot) {
-    push_chain(L, w.cls, w.slab, kTouched | w.index, slot);
-  }
-
-  // Puts a chain of free slots, linked already from `first` (a link) to
-  // `last` (a slot), in front of (cls, slab)'s list: one push.
-  static void push_chain(const Layout& L, unsigned cls, unsigned slab, uint32_t first, char* last) {
-    auto& head = L.head<FreeListHead>(cls, slab).word;
-    uint64_t old = head.load(std::memory_order_relaxed);
-    for (;;) {
-      Policy::write_link(last, uint32_t(old));
-      if (head.compare_exchange_weak(old, ((old & kCountMask) + kCountOne) | first, std::memory_order_release,
-                                     std::memory_order_relaxed))
-        return;
-    }
-  }
-
-  // See FreeListHead::remote. The last slot's link is set when the list is
-  // taken.
-  static void push_remote(const Layout& L, const Where& w, char* slot) {
-    auto& remote = L.head<FreeListHead>(w.cls, w.slab).remote;
-    uint64_t old = remote.load(std::memory_order_relaxed);
-    for (;;) {
-      Policy::write_link(slot, uint32_t(old));
-      const uint64_t last = uint32_t(old) != 0 ? old & kCountMask : uint64_t{w.index} << 32;
-      if (remote.compare_exchange_weak(old, last | kTouched | w.index, std::memory_order_release,
-                                       std::memory_order_relaxed))
-        return;
-    }
-  }
-
-  // Moves (cls, slab)'s remote list, if any, in front of its free list.
-  // False if it had none.
-  static bool take_remote(const Layout& L, unsigned cls, unsigned slab) {
-    auto& remote = L.head<FreeListHead>(cls, slab).remote;
-    if (remote.load(std::memory_order_relaxed) == 0) return false;
-    const uint64_t list = remote.exchange(0, std::memory_order_acquire);
-    if (list == 0) return false;
-    push_chain(L, cls, slab, uint32_t(list), L.slot(cls, slab, uint32_t(list >> 32)));
-    return true;
-  }
-
   // Hands t's run of never-used slots of `cls` back (ThreadState::run_next).
   // If nothing was taken from the slab after it, the head's first untouched
   // slot moves back to the run's start: the slots stay untouched (zero, and
@@ -431,46 +370,7 @@ class Heap {
       }
     }
     for (uint32_t i = first; i + 1 < first + count; ++i) Policy::write_link(L.slot(cls, w.slab, i), kTouched | (i + 1));
-    push_chain(L, cls, w.slab, kTouched | first, L.slot(cls, w.slab, first + count - 1));
-  }
-
-  // Takes the first free slot of (cls, slab), and if it was never used, up to
-  // `want` - 1 more never-used ones after it: `n` in all. Returns nullptr if
-  // the slab is full, or (want 0) if its next free slot was never used.
-  [[gnu::always_inline]] static char* pop(const Layout& L, unsigned cls, unsigned slab, uint32_t want, bool& fresh,
-                                          uint32_t& n) {
-    auto& head = L.head<FreeListHead>(cls, slab).word;
-    uint64_t old = head.load(std::memory_order_acquire);
-    for (;;) {
-      const uint32_t link = uint32_t(old), index = link & kSlotMask;
-      char* const slot = L.slot(cls, slab, index);
-      uint32_t next;
-      if (link & kTouched) {
-        // May read a slot another thread just took; the CAS then fails.
-        next = Policy::read_link(slot);
-        n = 1;
-      } else {
-        const uint32_t left = L.slots_per_slab(cls) - index;
-        if (want == 0 || left == 0) return nullptr;
-        n = std::min(want, left);
-        next = index + n;
-      }
-      if (head.compare_exchange_weak(old, (old & kCountMask) | next, std::memory_order_acquire,
-                                     std::memory_order_acquire)) {
-        fresh = !(link & kTouched);
-        // The next pop reads that slot's link, most likely written by
-        // another core (a free), and the caller then writes into it: fetch it
-        // now, while the caller works on this one, not then.
-        if (next & kTouched) __builtin_prefetch(L.slot(cls, slab, next & kSlotMask), 1);
-        return slot;
-      }
-    }
-  }
-  // One slot; a used one only if kTakeUntouched is false.
-  template <bool kTakeUntouched = true>
-  [[gnu::always_inline]] static char* pop(const Layout& L, unsigned cls, unsigned slab, bool& fresh) {
-    uint32_t n;
-    return pop(L, cls, slab, kTakeUntouched ? 1 : 0, fresh, n);
+    Lists::push_chain(L, cls, w.slab, kTouched | first, L.slot(cls, w.slab, first + count - 1));
   }
 
   // See ThreadState::staged. Inlined into free_elsewhere: one frame for both.
@@ -514,244 +414,20 @@ class Heap {
       bits1[i1] = 0;
     }
     t.staged[cls] = 0;
-    if (last) push_chain(L, cls, slab, first, last);
+    if (last) Lists::push_chain(L, cls, slab, first, last);
   }
 
-  // Takes the slab's whole free list, marks its slots in trim_marks_ (zero
-  // on entry and on return but for a pending walk's, below), and if the
-  // slots just below the first untouched one are free for whole pages,
-  // discards those pages and makes the slots untouched again (zero, as
-  // untouched slots are); the other free slots go back in address order.
-  // Meanwhile the slab looks full: its allocations go elsewhere, and what is
-  // freed into it waits on the head, to be put back in front of the rest.
-  // `budget` is how many more slots may be walked. A walk that spends it
-  // keeps what it walked off the list, still marked (pending_), puts the
-  // rest back, and the next trim goes on from there: a list longer than one
-  // budget is trimmed a budget at a time, not walked again from its start
-  // every time (that made no progress at all).
-  // `thorough` (malloc_trim): also walks the lists of slots larger than a
-  // page that were not freed into since their last trim, and gives back all
-  // but the first page (the link's) of every free slot below that top: a
-  // heap of 40 KB blocks 90% freed at random went from 394 MiB to 77.
-  [[gnu::cold]] bool trim_slab(const Layout& L, unsigned cls, unsigned slab, uint64_t& budget, bool thorough) {
-    FreeListHead& list = L.head<FreeListHead>(cls, slab);
-    auto& head = list.word;
-    uint64_t* const marks = trim_marks_;
-    const uint32_t full = L.slots_per_slab(cls);
-    PendingTrim walked = pending_.last && pending_.cls == cls && pending_.slab == slab ? pending_ : PendingTrim{};
-    take_remote(L, cls, slab);
-    uint64_t old = head.load(std::memory_order_acquire);
-    do {
-      if (walked.last) continue;  // the walk goes on, news or not
-      if (!(uint32_t(old) & kTouched)) return false;  // no used slot is free
-      if (!(thorough && cls > pal::kPageShift) && uint32_t(old >> 32) == list.trimmed_at.load(std::memory_order_relaxed))
-        return false;  // no news
-    } while (!head.compare_exchange_weak(old, ((old & kCountMask) + kCountOne) | full, std::memory_order_acq_rel,
-                                         std::memory_order_acquire));
-    const auto marked = [marks](uint32_t i) { return (marks[i / 64] >> (i % 64)) & 1; };
-    // fn(index) for every marked slot below `end`, highest first.
-    const auto each_marked_below = [marks](uint32_t end, auto fn) {
-      for (uint32_t word = end / 64 + 1; word-- > 0;)
-        for (uint64_t bits = marks[word]; bits != 0;) {
-          const unsigned bit = 63 - unsigned(__builtin_clzll(bits));
-          bits &= ~(uint64_t{1} << bit);
-          if (word * 64 + bit < end) fn(word * 64 + bit);
-        }
-    };
-    uint32_t link = uint32_t(old), top = full;
-    char* last = nullptr;  // the last slot walked this time
-    // whole: walked to its end; false too if the list repeats a slot (a
-    // double free): then leave it as it was
-    bool whole = true, cut = false;
-    while (link & kTouched) {
-      const uint32_t index = link & kSlotMask;
-      if (index >= full || marked(index)) {
-        whole = false;
-        break;
-      }
-      if (budget == 0) {
-        whole = false;
-        cut = true;
-        break;
-      }
-      --budget;
-      marks[index / 64] |= uint64_t{1} << (index % 64);
-      last = L.slot(cls, slab, index);
-      link = Policy::read_link(last);
-    }
-    uint32_t first = uint32_t(old);
-    bool released = false;
-    if (cut) {
-      if (last) {  // this walk's part goes in front of the part walked before
-        if (walked.last) Policy::write_link(last, walked.first);
-        else walked = {cls, slab, 0, last};
-        walked.first = first;
-        set_pending(walked);
-      }
-      first = link;
-    } else {
-      if (whole) top = link & kSlotMask;
-      uint32_t keep = top;
-      while (whole && keep > 0 && marked(keep - 1)) --keep;
-      const uint32_t slots_per_page = cls < pal::kPageShift ? uint32_t(pal::kPageSize >> cls) : 1;
-      keep = (keep + slots_per_page - 1) / slots_per_page * slots_per_page;
-      if (whole && keep < top && !pal::discard(L.slot(cls, slab, keep), size_t(top - keep) << cls))
-        keep = top;  // the kernel kept the pages: so do we
-      if (whole && keep < top) {
-        first = keep;
-        each_marked_below(keep, [&](uint32_t index) {
-          Policy::write_link(L.slot(cls, slab, index), first);
-          first = kTouched | index;
-        });
-        // Those slots will be counted as touched again when next handed out.
-        if constexpr (Policy::kStats) stats::add(stats::row(L, 0, true).slab[cls][slab].fresh, 0 - uint64_t(top - keep), true);
-        released = true;
-      } else if (walked.last) {  // the part walked before goes back in front
-        Policy::write_link(walked.last, first);
-        first = walked.first;
-      }
-      if (thorough && whole && cls > pal::kPageShift)
-        each_marked_below(keep, [&](uint32_t index) {
-          released |= pal::discard(L.slot(cls, slab, index) + pal::kPageSize, (size_t{1} << cls) - pal::kPageSize);
-        });
-      clear_marks(top);
-      if (walked.last) set_pending({});
-    }
-    // Put the list back behind whatever was freed meanwhile.
-    uint64_t now = head.load(std::memory_order_acquire);
-    for (;;) {
-      if (uint32_t(now) == full) {
-        if (head.compare_exchange_weak(now, ((now & kCountMask) + kCountOne) | first, std::memory_order_release,
-                                       std::memory_order_acquire)) {
-          if (whole) list.trimmed_at.store(uint32_t(now >> 32) + 1, std::memory_order_relaxed);
-          return released;
-        }
-        continue;
-      }
-      if (!head.compare_exchange_weak(now, ((now & kCountMask) + kCountOne) | full, std::memory_order_acq_rel,
-                                      std::memory_order_acquire))
-        continue;
-      char* tail = L.slot(cls, slab, uint32_t(now) & kSlotMask);  // those frees end at `full`
-      for (uint32_t next; (next = Policy::read_link(tail)) != full;) tail = L.slot(cls, slab, next & kSlotMask);
-      Policy::write_link(tail, first);
-      first = uint32_t(now);
-      now = head.load(std::memory_order_acquire);
-    }
-  }
-
-  // Every slab that was freed into since it was last trimmed: see trim_slab.
-  // Also done, without being asked, by a thread that has taken kAutoTrimBytes
-  // of never-used slots since it last did: a program that frees much of one
-  // size and then grows in another gives the first back before it peaks.
-  // The walk covers only the lists freed into since their last trim, at most
-  // once per kAutoTrimBytes of new slots the thread takes.
-  // That walk is a cache miss per slot, so the automatic one stops after
-  // kAutoTrimSlots (some 15 ms at worst here), largest classes first, where
-  // each slot walked may give back the most, and the next one goes on where
-  // it stopped.
-  static constexpr uint64_t kAutoTrimBytes = uint64_t{32} << 20;
-  static constexpr uint64_t kAutoTrimSlots = uint64_t{1} << 16;
+  // Trimmer::trim_slabs, after the calling thread's private lists and those
+  // the threads a fork left behind held go back where a trim can see them.
   [[gnu::cold, gnu::noinline]] bool trim_slabs(const Layout& L, uint64_t budget = UINT64_MAX) {
     if constexpr (kProcessHeap) {
       return_thread_lists(t_thread);
       for (uint64_t m = g_orphan_classes.load(std::memory_order_relaxed); m != 0; m &= m - 1)
         adopt_orphans(unsigned(__builtin_ctzll(m)));
     }
-    // One trimmer at a time: the marks and the pending walk are the heap's.
-    // An automatic trim leaves it to the one at work; malloc_trim waits.
-    while (trim_held_.exchange(true, std::memory_order_acquire)) {
-      if (budget != UINT64_MAX) return false;
-      sched_yield();
-    }
-    // One bit per slot of the largest slab, zero-filled on first touch.
-    if (!trim_marks_)
-      trim_marks_ = static_cast<uint64_t*>(pal::reserve(std::max<size_t>(L.slots_per_slab(kMinClass) / 8, pal::kPageSize)));
-    bool released = false;
-    const bool thorough = budget == UINT64_MAX;
-    const auto step = [&](unsigned cls, unsigned slab) {
-      if (!enter_trim()) return false;  // a fork is waiting: stop
-      released |= trim_slab(L, cls, slab, budget, thorough);
-      leave_trim();
-      return budget != 0;
-    };
-    if (trim_marks_ && (!pending_.last || step(pending_.cls, pending_.slab)))
-      for (unsigned cls = L.max_class(); cls >= kMinClass; --cls)
-        for (unsigned slab = 0; slab < kNumSlabs; ++slab)
-          if (!step(cls, slab)) goto done;
-  done:
-    trim_held_.store(false, std::memory_order_release);
-    return released;
+    return trimmer_.trim_slabs(L, budget);
   }
 
-  // The part of a list that a trim walked before its budget ran out: off the
-  // list, its slots marked in trim_marks_ (trim_slab). `first` is the link
-  // to its first slot, `last` its last slot (null: none).
-  struct PendingTrim {
-    unsigned cls, slab;
-    uint32_t first;
-    char* last;
-  };
-  void set_pending(const PendingTrim& p) {
-    pending_ = p;
-    pending_where_.store(p.last ? p.cls * kNumSlabs + p.slab : ~0u, std::memory_order_relaxed);
-  }
-  void clear_marks(uint32_t slots) {
-    const size_t bytes = (size_t(slots) / 64 + 1) * sizeof(uint64_t);
-    if (!pal::discard(trim_marks_, bytes)) std::memset(trim_marks_, 0, bytes);
-  }
-
-  // Puts pending_'s slots back on their list (see allocate_untouched). Not if
-  // a trim is at work: it will finish soon, or stop and leave them to the
-  // next one.
-  [[gnu::cold, gnu::noinline]] void put_back_pending(const Layout& L) {
-    if (trim_held_.exchange(true, std::memory_order_acquire)) return;
-    if (pending_.last && enter_trim()) {  // a fork must not copy the heap halfway through
-      push_chain(L, pending_.cls, pending_.slab, pending_.first, pending_.last);
-      clear_marks(L.slots_per_slab(pending_.cls));
-      set_pending({});
-      leave_trim();
-    }
-    trim_held_.store(false, std::memory_order_release);
-  }
-
- public:
-  // A slab being trimmed has its free list off the head (trim_slab): a fork
-  // child, where the trimming thread does not exist, would never get it
-  // back. So fork() waits for the trims under way (begin_fork), and no new
-  // one starts until it is done. seq_cst on both sides: either the trimmer
-  // sees the fork coming or the fork sees the trim. Also around
-  // adopt_orphans, which takes lists off their records too.
-  bool enter_trim() {
-    trims_.fetch_add(1, std::memory_order_seq_cst);
-    if (!forking_.load(std::memory_order_seq_cst)) return true;
-    leave_trim();
-    return false;
-  }
-  void leave_trim() { trims_.fetch_sub(1, std::memory_order_release); }
-
-  // From pthread_atfork's handlers. The wait is bounded (a trimmer that
-  // never runs again, stopped or in the signal handler that forks, must not
-  // hang the fork): after it the child may find one slab's free slots gone.
-  void begin_fork() {
-    forking_.store(true, std::memory_order_seq_cst);
-    timespec start{}, now{};
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    while (trims_.load(std::memory_order_seq_cst) != 0) {
-      sched_yield();
-      clock_gettime(CLOCK_MONOTONIC, &now);
-      if (now.tv_sec - start.tv_sec >= kForkWaitSeconds) break;
-    }
-  }
-  void end_fork(bool child) {
-    if (child) {  // the threads that counted there, or held the trim, are gone
-      trims_.store(0, std::memory_order_relaxed);
-      trim_held_.store(false, std::memory_order_relaxed);
-    }
-    forking_.store(false, std::memory_order_release);
-  }
-  static constexpr long kForkWaitSeconds = 2;
-
- private:
   // By value, so that the hot path's Layout and Where stay in registers.
   [[gnu::noinline, gnu::cold]] void discard_and_push(const Layout L, Where w, char* slot) {
     if (is_kept_class(w.cls) && !(slot = swap_kept(L, w.cls, slot, w))) return;
@@ -770,7 +446,7 @@ class Heap {
     const bool zero = Policy::kMovePages ? pal::renew(slot, bytes) : pal::discard(slot, bytes);
     // Locked pages stay: calloc counts on discarded slots being zero.
     if (!zero && Policy::kDiscardedSlotsStayZero) std::memset(slot, 0, bytes);
-    push(L, w, slot);
+    Lists::push(L, w, slot);
   }
 
   // Every free but a push onto the thread's private list: to the staged
@@ -802,7 +478,7 @@ class Heap {
   // A slot freed by a thread that does not own its slab.
   [[gnu::always_inline]] void recycle_remote(const Layout& L, const Where& w, char* slot) {
     if (__builtin_expect(w.cls >= kDiscardClass, 0)) return discard_and_push(L, w, slot);
-    push_remote(L, w, slot);
+    Lists::push_remote(L, w, slot);
   }
 
   // A thread that never allocated, or one of more than 64 sharing slabs.
@@ -874,7 +550,7 @@ class Heap {
       if (__builtin_expect(home < kNumSlabs && t_thread.look_wait[cls] != 0 &&
                                (cls > kStagedMaxClass || t_thread.staged[cls] == 0) &&
                                !((g_orphan_classes.load(std::memory_order_relaxed) >> cls) & 1) &&
-                               pending_where_.load(std::memory_order_relaxed) / kNumSlabs != cls &&
+                               trimmer_.pending_where() / kNumSlabs != cls &&
                                L.head<FreeListHead>(cls, home).remote.load(std::memory_order_relaxed) == 0,
                            1)) {
         // As many new slots as the next look is away, up to a run: looks
@@ -894,7 +570,7 @@ class Heap {
     bool fresh;
     // A used free slot of `slab`, if it has one, handed out.
     const auto take_used = [&](unsigned slab) -> void* {
-      char* slot = pop<false>(L, cls, slab, fresh);
+      char* slot = Lists::template pop<false>(L, cls, slab, fresh);
       if (!slot) return nullptr;
       count_allocation(L, home, cls, slab, size, false, shared);
       return finish(slot, cls, size, align, kind, zero, false);
@@ -902,7 +578,7 @@ class Heap {
     if constexpr (kProcessHeap) {
       if ((g_orphan_classes.load(std::memory_order_relaxed) >> cls) & 1) adopt_orphans(cls);
     }
-    if (take_remote(L, cls, home)) {
+    if (Lists::take_remote(L, cls, home)) {
       if (void* p = take_used(home)) return p;
     }
     if (shared) {
@@ -920,7 +596,7 @@ class Heap {
       for (unsigned k = 0; k < kNumSlabs; ++k) {
         const unsigned slab = (start + k) % kNumSlabs;
         const uint64_t word = L.head<FreeListHead>(cls, slab).word.load(std::memory_order_relaxed);
-        if (slab == home || (!(uint32_t(word) & kTouched) && !take_remote(L, cls, slab))) continue;
+        if (slab == home || (!(uint32_t(word) & kTouched) && !Lists::take_remote(L, cls, slab))) continue;
         if (void* p = take_used(slab)) {
           t_thread.look_gap[cls] = 0;
           t_thread.look_from[cls] = uint8_t(slab);
@@ -937,9 +613,9 @@ class Heap {
     // Free slots of the class that a trim cut short holds off their list go
     // back before new memory is taken in the slab they came from, or after a
     // look found nothing elsewhere.
-    if (const unsigned where = pending_where_.load(std::memory_order_relaxed);
+    if (const unsigned where = trimmer_.pending_where();
         __builtin_expect(where / kNumSlabs == cls, 0) && (looked || where % kNumSlabs == home)) {
-      put_back_pending(L);
+      trimmer_.put_back_pending(L);
       if (void* p = take_used(where % kNumSlabs)) return p;
     }
     return take_new(L, home, shared, size, align, kind, zero, cls, 1);
@@ -953,7 +629,7 @@ class Heap {
                                         Kind kind, bool zero, unsigned cls, uint32_t want) {
     bool fresh;
     uint32_t n;
-    char* const slot = pop(L, cls, home, want, fresh, n);
+    char* const slot = Lists::pop(L, cls, home, want, fresh, n);
     if (__builtin_expect(slot == nullptr, 0)) return fail_over(L, size, align, kind, zero, cls);
     count_allocation(L, home, cls, home, size, fresh ? n : 0, shared);  // the run counts as touched now
     if constexpr (kProcessHeap) {
@@ -1006,8 +682,8 @@ class Heap {
       for (unsigned k = 0; k < kNumSlabs; ++k) {
         bool fresh;
         const unsigned slab = (home + k) % kNumSlabs;
-        take_remote(L, c, slab);
-        if (char* slot = pop(L, c, slab, fresh)) {
+        Lists::take_remote(L, c, slab);
+        if (char* slot = Lists::pop(L, c, slab, fresh)) {
           count_allocation(L, home, c, slab, size, fresh, thread_shares_slab());
           if constexpr (Policy::kStats) {
             if (c != cls)
@@ -1064,12 +740,7 @@ class Heap {
   std::atomic<uintptr_t> layout_{Layout::kUninitialised};
   // Per kept class: a free slot not discarded, on no list.
   std::array<std::atomic<char*>, kKeptMaxClass - kKeptClass + 1> kept_{};
-  std::atomic<uint32_t> trims_{0};     // trim_slab and adopt_orphans calls under way
-  std::atomic<bool> forking_{false};   // a fork() is waiting for them
-  std::atomic<bool> trim_held_{false};  // a thread is trimming slabs
-  uint64_t* trim_marks_ = nullptr;      // trim_slab's bitmap: reserved once, kept
-  PendingTrim pending_{};
-  std::atomic<unsigned> pending_where_{~0u};  // pending_'s class * kNumSlabs + slab while it has slots
+  Trimmer<Policy> trimmer_;
   unsigned preferred_span_shift_;
 };
 

@@ -1,0 +1,125 @@
+// The free lists of one (class, slab): lock-free, one compare-and-swap per
+// push or pop.
+//
+// A free list's head is a 64-bit word: the low half is a link (a slot number
+// plus the "touched" bit), the high half counts pushes so that a pop whose
+// view is stale can never succeed (ABA). A free slot's first 4 bytes hold the
+// link to the next one. A link without the touched bit names a slot that was
+// never handed out: its successor is simply the next slot number, so a new
+// slab needs no initialisation and its memory is known to be zero. The link
+// equal to the slab's slot count (untouched) means the slab is full.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+
+#include "layout.hpp"
+
+namespace smalloc {
+
+struct alignas(kHeadBytes) FreeListHead {
+  std::atomic<uint64_t> word;
+  // The push count when this list was last trimmed: nothing freed since, no
+  // pages to give back (written by trimmers only, read by them only).
+  std::atomic<uint32_t> trimmed_at;
+  // What other threads free into the slab: a second list, on lines of its
+  // own, so that their pushes and the owner's pops do not fight over one
+  // line for every block (prodcons: 65% of malloc's time was that line and
+  // the slot's). The low half links to the first slot (0: empty), the high
+  // half is the last one's number: whoever takes the list, all of it with
+  // one exchange (FreeLists::take_remote), puts it in front of `word` with one
+  // push. Push-only and take-all, it needs no count against ABA.
+  alignas(128) std::atomic<uint64_t> remote;
+};
+inline constexpr uint64_t kCountOne = uint64_t{1} << 32;
+inline constexpr uint64_t kCountMask = ~uint64_t{0} << 32;
+
+// Policy supplies read_link and write_link (the debug build's tell Valgrind).
+template <class Policy>
+struct FreeLists {
+  using Where = Layout::Where;
+
+  static void push(const Layout& L, const Where& w, char* slot) {
+    push_chain(L, w.cls, w.slab, kTouched | w.index, slot);
+  }
+
+  // Puts a chain of free slots, linked already from `first` (a link) to
+  // `last` (a slot), in front of (cls, slab)'s list: one push.
+  static void push_chain(const Layout& L, unsigned cls, unsigned slab, uint32_t first, char* last) {
+    auto& head = L.head<FreeListHead>(cls, slab).word;
+    uint64_t old = head.load(std::memory_order_relaxed);
+    for (;;) {
+      Policy::write_link(last, uint32_t(old));
+      if (head.compare_exchange_weak(old, ((old & kCountMask) + kCountOne) | first, std::memory_order_release,
+                                     std::memory_order_relaxed))
+        return;
+    }
+  }
+
+  // See FreeListHead::remote. The last slot's link is set when the list is
+  // taken.
+  static void push_remote(const Layout& L, const Where& w, char* slot) {
+    auto& remote = L.head<FreeListHead>(w.cls, w.slab).remote;
+    uint64_t old = remote.load(std::memory_order_relaxed);
+    for (;;) {
+      Policy::write_link(slot, uint32_t(old));
+      const uint64_t last = uint32_t(old) != 0 ? old & kCountMask : uint64_t{w.index} << 32;
+      if (remote.compare_exchange_weak(old, last | kTouched | w.index, std::memory_order_release,
+                                       std::memory_order_relaxed))
+        return;
+    }
+  }
+
+  // Moves (cls, slab)'s remote list, if any, in front of its free list.
+  // False if it had none.
+  static bool take_remote(const Layout& L, unsigned cls, unsigned slab) {
+    auto& remote = L.head<FreeListHead>(cls, slab).remote;
+    if (remote.load(std::memory_order_relaxed) == 0) return false;
+    const uint64_t list = remote.exchange(0, std::memory_order_acquire);
+    if (list == 0) return false;
+    push_chain(L, cls, slab, uint32_t(list), L.slot(cls, slab, uint32_t(list >> 32)));
+    return true;
+  }
+
+  // Takes the first free slot of (cls, slab), and if it was never used, up to
+  // `want` - 1 more never-used ones after it: `n` in all. Returns nullptr if
+  // the slab is full, or (want 0) if its next free slot was never used.
+  [[gnu::always_inline]] static char* pop(const Layout& L, unsigned cls, unsigned slab, uint32_t want, bool& fresh,
+                                          uint32_t& n) {
+    auto& head = L.head<FreeListHead>(cls, slab).word;
+    uint64_t old = head.load(std::memory_order_acquire);
+    for (;;) {
+      const uint32_t link = uint32_t(old), index = link & kSlotMask;
+      char* const slot = L.slot(cls, slab, index);
+      uint32_t next;
+      if (link & kTouched) {
+        // May read a slot another thread just took; the CAS then fails.
+        next = Policy::read_link(slot);
+        n = 1;
+      } else {
+        const uint32_t left = L.slots_per_slab(cls) - index;
+        if (want == 0 || left == 0) return nullptr;
+        n = std::min(want, left);
+        next = index + n;
+      }
+      if (head.compare_exchange_weak(old, (old & kCountMask) | next, std::memory_order_acquire,
+                                     std::memory_order_acquire)) {
+        fresh = !(link & kTouched);
+        // The next pop reads that slot's link, most likely written by
+        // another core (a free), and the caller then writes into it: fetch it
+        // now, while the caller works on this one, not then.
+        if (next & kTouched) __builtin_prefetch(L.slot(cls, slab, next & kSlotMask), 1);
+        return slot;
+      }
+    }
+  }
+  // One slot; a used one only if kTakeUntouched is false.
+  template <bool kTakeUntouched = true>
+  [[gnu::always_inline]] static char* pop(const Layout& L, unsigned cls, unsigned slab, bool& fresh) {
+    uint32_t n;
+    return pop(L, cls, slab, kTakeUntouched ? 1 : 0, fresh, n);
+  }
+};
+
+}  // namespace smalloc
