@@ -24,9 +24,19 @@ namespace {
   }
 }
 
-[[gnu::always_inline]] inline void* allocate_new(size_t size, size_t align, Kind kind) {
-  void* p = g_heap.allocate(size, align, kind);
+// Everything but a slot of the thread's private list.
+[[gnu::noinline]] void* allocate_new_rest(unsigned cls, size_t size, size_t align, Kind kind) {
+  void* p = g_heap.allocate_unlisted(cls, size, align, kind, false);
   return __builtin_expect(p != nullptr, 1) ? p : allocate_or_throw(size, align, kind);
+}
+
+// The private list's slot first, in a path that calls nothing: with the whole
+// allocation inlined here, testing its result for the new-handler made every
+// new save and restore two registers (6 of its 33 instructions).
+[[gnu::always_inline]] inline void* allocate_new(size_t size, size_t align, Kind kind) {
+  const unsigned cls = smalloc::size_class(smalloc::Policy::slot_bytes(size, align), align);
+  if (void* p = g_heap.allocate_listed(cls, size, align, kind)) return p;
+  return allocate_new_rest(cls, size, align, kind);
 }
 
 void* allocate_nothrow(size_t size, size_t align, Kind kind) noexcept {
