@@ -160,6 +160,32 @@ TEST(Reuse, TheOwnerTakesWhatOtherThreadsFreedIntoItsSlabBeforeNewMemory) {
   for (void* p : second) smalloc_free(p);
 }
 
+// What other threads freed into a slab whose owner did not follow a fork is
+// still there in the child, and taken before new memory.
+TEST(Reuse, AForkChildTakesWhatOtherThreadsFreedIntoADeadThreadsSlab) {
+  constexpr size_t kSmall = 40;  // class 6, as above; no other test here forks with it
+  const unsigned cls = 6;
+  smalloc_free(smalloc_malloc(kSize));  // the main thread has its slab (another class)
+  std::vector<void*> produced;
+  ParkedThread owner([&] { produced = AllocateBlocks(kSmall, kBlocks); });
+  for (void* p : produced) smalloc_free(p);  // onto the owner's slab's list of other threads' frees
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const auto touched = Touched(cls);
+    const std::vector<void*> again = AllocateBlocks(kSmall, kBlocks);
+    const std::set<void*> freed(produced.begin(), produced.end());
+    const auto reused = std::count_if(again.begin(), again.end(), [&](void* p) { return freed.count(p) != 0; });
+    // The first allocation may take a run of new slots before it looks.
+    // (The dead owner's unused run goes back untouched: the count may fall.)
+    _exit(Touched(cls) <= touched + 64 && reused >= kBlocks - 64 ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "the child touched new memory while freed slots waited";
+}
+
 // A live thread keeps at most 1 MiB of a class on its private list: the rest
 // of what it frees is at once available to the other threads.
 TEST(Reuse, ALiveThreadsPrivateListIsBounded) {
