@@ -183,7 +183,7 @@ void recycle(char* slot) {
     }
   }
   g_quarantined_bytes.fetch_sub(size_t{1} << w.cls, std::memory_order_relaxed);
-  g_heap.recycle(L, w, slot);
+  g_heap.recycle_freed(L, w, slot);
 }
 
 }  // namespace

@@ -336,11 +336,17 @@ class Heap {
   // (adopt_orphans).
   Trimmer<Policy>& trimmer() { return trimmer_; }
 
-  // Puts a slot back on its slab's free list. The debug policy calls it when a
-  // slot leaves quarantine.
+  // Puts a slot back on its slab's free list.
   [[gnu::always_inline]] void recycle(const Layout& L, const Where& w, char* slot) {
     if (__builtin_expect(w.cls >= kDiscardClass, 0)) return discard_and_push(L, w, slot);
     Lists::push(L, w, slot);
+  }
+  // The same, or onto the slab's second list if the thread does not own it,
+  // as free() does. The debug policy calls it when a slot leaves quarantine:
+  // so the debug build runs the second lists too.
+  void recycle_freed(const Layout& L, const Where& w, char* slot) {
+    if (kProcessHeap && w.slab + 1 == t_thread.slab_plus_one) return recycle(L, w, slot);
+    recycle_remote(L, w, slot);
   }
 
  private:
