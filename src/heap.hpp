@@ -162,7 +162,7 @@ class Heap {
   }
 
   [[gnu::always_inline]] void* allocate_in(unsigned cls, size_t size, size_t align, Kind kind, bool zero) {
-    if (void* p = take_listed(cls, size, align, kind, zero)) return p;
+    if (void* p = allocate_listed(cls, size, align, kind, zero)) return p;
     return allocate_unlisted(cls, size, align, kind, zero);
   }
 
@@ -170,8 +170,21 @@ class Heap {
   // nullptr), in a path that calls nothing, then the rest. For a caller that
   // must test the result (operator new): with both inlined, its fast path
   // saved and restored two registers.
-  [[gnu::always_inline]] void* allocate_listed(unsigned cls, size_t size, size_t align, Kind kind) {
-    return take_listed(cls, size, align, kind, false);
+  [[gnu::always_inline]] static void* allocate_listed(unsigned cls, size_t size, size_t align, Kind kind, bool zero) {
+    if constexpr (kProcessHeap) {
+      // Only slots of a class the layout has, of the thread's own slab, are
+      // ever on its list: nothing else to check (cls may be up to 64).
+      if (char* slot = cls < kDiscardClass ? t_thread.own_head[cls] : nullptr; slot != nullptr) {
+        // (Not prefetching the next one, as FreeLists::pop does: its line is
+        // most often this thread's and cached, and binary-trees ran 5% slower.)
+        std::memcpy(&t_thread.own_head[cls], slot, sizeof(char*));
+        --t_thread.counts.listed[cls];
+        // Counted by the list's length alone (OwnSlabCounters): one add less.
+        if constexpr (Policy::kStats) stats::add(t_thread.counts.bytes_requested[cls], size, false);
+        return finish(slot, cls, size, align, kind, zero, false);
+      }
+    }
+    return nullptr;
   }
   [[gnu::always_inline]] void* allocate_unlisted(unsigned cls, size_t size, size_t align, Kind kind, bool zero) {
     const Layout L = layout();
@@ -495,23 +508,6 @@ class Heap {
       }
     }
     if (r.slot) recycle_remote(L, w, r.slot);
-  }
-
-  [[gnu::always_inline]] static void* take_listed(unsigned cls, size_t size, size_t align, Kind kind, bool zero) {
-    if constexpr (kProcessHeap) {
-      // Only slots of a class the layout has, of the thread's own slab, are
-      // ever on its list: nothing else to check (cls may be up to 64).
-      if (char* slot = cls < kDiscardClass ? t_thread.own_head[cls] : nullptr; slot != nullptr) {
-        // (Not prefetching the next one, as FreeLists::pop does: its line is
-        // most often this thread's and cached, and binary-trees ran 5% slower.)
-        std::memcpy(&t_thread.own_head[cls], slot, sizeof(char*));
-        --t_thread.counts.listed[cls];
-        // Counted by the list's length alone (OwnSlabCounters): one add less.
-        if constexpr (Policy::kStats) stats::add(t_thread.counts.bytes_requested[cls], size, false);
-        return finish(slot, cls, size, align, kind, zero, false);
-      }
-    }
-    return nullptr;
   }
 
   // Counted by the allocating thread: what it takes from its own slab in its

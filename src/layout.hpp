@@ -28,8 +28,8 @@ inline constexpr unsigned kMinSpanShift = 17;  // the smallest fallback: 128 KiB
 // --- derived ----------------------------------------------------------------
 inline constexpr unsigned kNumSlabs = 1u << kSlabBits;                 // 64
 // Per (class, slab): the free list's head and, two lines on, the head of
-// other threads' frees (Heap::FreeListHead); 128 bytes apart, because CPUs
-// fetch lines in aligned pairs.
+// other threads' frees (FreeListHead, free_list.hpp); 128 bytes apart,
+// because CPUs fetch lines in aligned pairs.
 inline constexpr unsigned kHeadBytes = 256;
 inline constexpr unsigned kMaxClass = kMaxSpanShift;                   // 33: 8 GiB slots, one per slab
 inline constexpr unsigned kNumClasses = kMaxClass + 1;                 // 34 (0..2 unused)
