@@ -943,6 +943,62 @@ TEST(Realloc, ALargeBlockMovesItsPagesInsteadOfCopyingThem) {
   smalloc_free(q);
 }
 
+// A buffer that realloc grows past 64 KiB takes the kept 4 MiB slot, if
+// there is one, and grows in its resident pages with no fault and no move;
+// there it is growing, not shrunk (a 4 MiB slot's block at a quarter of it
+// would move). Freed, the slot is kept again, and a block that then gets it
+// from malloc and shrinks does move (and is kept once more).
+TEST(Realloc, ABufferGrowingPastSixtyFourKiBGrowsInTheKeptFourMiBSlot) {
+  constexpr size_t kKeptBytes = size_t{3} << 20, kFourMiB = size_t{4} << 20;
+  smalloc_malloc_trim(0);  // no kept slot from before
+  char* kept = static_cast<char*>(smalloc_malloc(kKeptBytes));
+  ASSERT_NE(kept, nullptr);
+  memset(kept, 1, kKeptBytes);
+  smalloc_free(kept);
+  char* p = static_cast<char*>(smalloc_malloc(1000));
+  ASSERT_NE(p, nullptr);
+  for (size_t i = 0; i < 1000; ++i) p[i] = char(i % 251);
+  p = static_cast<char*>(smalloc_realloc(p, (size_t{64} << 10) + 64));
+  ASSERT_EQ(p, kept) << "past 64 KiB: the kept slot";
+  const long faults = MinorFaults();
+  for (size_t n = (size_t{64} << 10) + 128; n <= kKeptBytes; n += 4096 + 64) {
+    ASSERT_EQ(smalloc_realloc(p, n), p) << "moved at " << n;
+    p[n - 1] = 2;
+  }
+  EXPECT_LT(MinorFaults() - faults, 64) << "the kept slot's pages were resident";
+  EXPECT_EQ(smalloc_realloc(p, kFourMiB), p);
+  size_t wrong = 0;
+  for (size_t i = 0; i < 1000; ++i) wrong += p[i] != char(i % 251);
+  EXPECT_EQ(wrong, 0u);
+  smalloc_free(p);
+  char* again = static_cast<char*>(smalloc_malloc(kKeptBytes));
+  ASSERT_EQ(again, kept) << "freed, the slot is kept again";
+  char* shrunk = static_cast<char*>(smalloc_realloc(again, size_t{100} << 10));
+  EXPECT_NE(shrunk, again) << "a block of the 4 MiB class shrunk to 100 KiB moves";
+  smalloc_free(shrunk);
+  smalloc_malloc_trim(0);
+}
+
+// With no kept slot, a buffer grows in a 2 MiB grower slot; once it outgrows
+// that, the grower's pages go back at once, not when the buffer is freed.
+TEST(Realloc, AnOutgrownGrowerSlotGivesItsPagesBack) {
+  constexpr size_t kTwoMiB = size_t{2} << 20;
+  smalloc_malloc_trim(0);  // no kept slot
+  char* p = static_cast<char*>(smalloc_malloc(1000));
+  ASSERT_NE(p, nullptr);
+  char* grower = static_cast<char*>(smalloc_realloc(p, size_t{100} << 10));
+  ASSERT_NE(grower, nullptr);
+  ASSERT_EQ(smalloc_realloc(grower, kTwoMiB), grower) << "grows in place to 2 MiB";
+  memset(grower, 3, kTwoMiB);
+  EXPECT_EQ(ResidentPages(grower, kTwoMiB), kTwoMiB / size_t(sysconf(_SC_PAGESIZE)));
+  char* moved = static_cast<char*>(smalloc_realloc(grower, kTwoMiB + 1));
+  ASSERT_NE(moved, nullptr);
+  ASSERT_NE(moved, grower);
+  EXPECT_EQ(std::count(moved, moved + kTwoMiB, 3), std::ptrdiff_t(kTwoMiB));
+  EXPECT_LE(ResidentPages(grower, kTwoMiB), 1u) << "the outgrown grower kept its pages";
+  smalloc_free(moved);
+}
+
 // Each move splits a mapping off the reservation; freeing the block merges
 // it back, so growing buffers over and over leaves no mappings behind.
 TEST(Realloc, MovesLeaveNoMappingsBehindOnceTheBlocksAreFreed) {
