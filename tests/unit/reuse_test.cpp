@@ -952,13 +952,12 @@ TEST(Realloc, ALargeBlockMovesItsPagesInsteadOfCopyingThem) {
   smalloc_free(q);
 }
 
-// A buffer that realloc grows past 64 KiB takes the kept 4 MiB slot, if
-// there is one, and grows in its resident pages with no fault and no move;
-// there it is growing, not shrunk (a 4 MiB slot's block at a quarter of it
-// would move). Freed, the slot is kept again, and a block that then gets it
-// from malloc and shrinks does move (and is kept once more).
-TEST(Realloc, ABufferGrowingPastSixtyFourKiBGrowsInTheKeptFourMiBSlot) {
-  constexpr size_t kKeptBytes = size_t{3} << 20, kFourMiB = size_t{4} << 20;
+// A buffer that realloc grows past 1 MiB takes the kept 4 MiB slot, if
+// there is one, and grows on in its resident pages with no fault and no
+// move. A smaller buffer does not take it: staying small, it would hold
+// 4 MiB.
+TEST(Realloc, ABufferGrowingPastOneMiBGrowsOnInTheKeptFourMiBSlot) {
+  constexpr size_t kKeptBytes = size_t{3} << 20, kOneMiB = size_t{1} << 20;
   smalloc_malloc_trim(0);  // no kept slot from before
   char* kept = static_cast<char*>(smalloc_malloc(kKeptBytes));
   ASSERT_NE(kept, nullptr);
@@ -967,24 +966,27 @@ TEST(Realloc, ABufferGrowingPastSixtyFourKiBGrowsInTheKeptFourMiBSlot) {
   char* p = static_cast<char*>(smalloc_malloc(1000));
   ASSERT_NE(p, nullptr);
   for (size_t i = 0; i < 1000; ++i) p[i] = char(i % 251);
-  p = static_cast<char*>(smalloc_realloc(p, (size_t{64} << 10) + 64));
-  ASSERT_EQ(p, kept) << "past 64 KiB: the kept slot";
+  char* const grower = static_cast<char*>(smalloc_realloc(p, size_t{100} << 10));
+  ASSERT_NE(grower, nullptr);
+  EXPECT_NE(grower, kept) << "a 100 KiB block took the kept 4 MiB slot";
+  ASSERT_EQ(smalloc_realloc(grower, kOneMiB), grower);
+  memset(grower + 1000, 2, kOneMiB - 1000);
+  p = static_cast<char*>(smalloc_realloc(grower, kOneMiB + 1));
+  ASSERT_EQ(p, kept) << "past 1 MiB: the kept slot";
   const long faults = MinorFaults();
-  for (size_t n = (size_t{64} << 10) + 128; n <= kKeptBytes; n += 4096 + 64) {
+  for (size_t n = kOneMiB + 4096; n <= kKeptBytes; n += 4096 + 64) {
     ASSERT_EQ(smalloc_realloc(p, n), p) << "moved at " << n;
-    p[n - 1] = 2;
+    p[n - 1] = 3;
   }
   EXPECT_LT(MinorFaults() - faults, 64) << "the kept slot's pages were resident";
-  EXPECT_EQ(smalloc_realloc(p, kFourMiB), p);
+  EXPECT_EQ(smalloc_realloc(p, size_t{4} << 20), p);
   size_t wrong = 0;
   for (size_t i = 0; i < 1000; ++i) wrong += p[i] != char(i % 251);
+  for (size_t i = 1000; i < kOneMiB; i += 4093) wrong += p[i] != 2;
   EXPECT_EQ(wrong, 0u);
   smalloc_free(p);
-  char* again = static_cast<char*>(smalloc_malloc(kKeptBytes));
-  ASSERT_EQ(again, kept) << "freed, the slot is kept again";
-  char* shrunk = static_cast<char*>(smalloc_realloc(again, size_t{100} << 10));
-  EXPECT_NE(shrunk, again) << "a block of the 4 MiB class shrunk to 100 KiB moves";
-  smalloc_free(shrunk);
+  EXPECT_EQ(smalloc_malloc(kKeptBytes), kept) << "freed, the slot is kept again";
+  smalloc_free(kept);
   smalloc_malloc_trim(0);
 }
 
