@@ -81,8 +81,6 @@ struct DebugPolicy {
   static constexpr bool kTrimSlabs = false;
   // Blocks start after a redzone, not at a page: realloc copies.
   static constexpr bool kMovePages = false;
-  // Its blocks are placed by the redzones: none grows into a kept slot.
-  static constexpr bool kGrowIntoKept = false;
 
   static constexpr size_t slot_bytes(size_t size, size_t align) {
     return size > SIZE_MAX / 4 ? SIZE_MAX : debug::front_bytes(align) + size + debug::kRedzone;

@@ -48,9 +48,6 @@ inline constexpr bool is_kept_class(unsigned cls) { return cls - kKeptClass <= k
 // faulted in again (a buffer grown and dropped in a loop: calloc bench 2x).
 inline constexpr size_t kGrowerMin = 64 * 1024;
 inline constexpr unsigned kGrowerClass = kDiscardClass - 1;  // 2 MiB
-// Past this, a block that realloc grows takes the kept 4 MiB slot if there
-// is one (Heap::take_kept_to_grow): a quarter of it, as for a shrink.
-inline constexpr size_t kGrowIntoKeptMin = (size_t{1} << kKeptClass) / 4;
 // realloc moves a block from a slot this large (if the policy allows) by
 // moving its pages to the new slot (mremap), not by copying them: no copy,
 // and no fault on the new slot's pages. Only from slots whose pages free()
@@ -250,28 +247,16 @@ class Heap {
     // A block of a slot that free() gives back, shrunk to a quarter of it or
     // less, moves: in place it kept every page (200 blocks of 8 MiB shrunk
     // to 1 byte held 1.6 GB). A block gets such a slot by needing more than
-    // half of it (or by an alignment, which realloc does not keep anyway, or
-    // take_kept_to_grow's quarter), so growth never comes here.
+    // half of it (or by an alignment, which realloc does not keep anyway),
+    // so growth never comes here.
     const bool shrunk = w.cls >= kDiscardClass && cls + 2 <= w.cls;
-    void* q = nullptr;
-    if (Policy::kGrowIntoKept && size > kGrowIntoKeptMin && w.cls <= kGrowerClass && cls <= kGrowerClass)
-      q = take_kept_to_grow(L, size);
-    if (!q) {
-      if (!shrunk && Policy::resize_in_place(L, w, p, size)) return p;
-      if (size > kGrowerMin && cls < kGrowerClass) cls = kGrowerClass;
-      if (!(q = allocate_in(cls, size, 1, Kind::Malloc, false))) return nullptr;
-    }
+    if (!shrunk && Policy::resize_in_place(L, w, p, size)) return p;
+    if (size > kGrowerMin && cls < kGrowerClass) cls = kGrowerClass;
+    void* q = allocate_in(cls, size, 1, Kind::Malloc, false);
+    if (!q) return nullptr;
     size_t old = Policy::usable_size(L, w, p);
-    if (!(Policy::kMovePages && !shrunk && w.cls >= kMovePagesClass && pal::move_pages(p, q, old))) {
+    if (!(Policy::kMovePages && !shrunk && w.cls >= kMovePagesClass && pal::move_pages(p, q, old)))
       std::memcpy(q, p, old < size ? old : size);
-      // A grower outgrown gives its pages back now, not when the next
-      // growing block takes the slot: the block grows on elsewhere, and
-      // 2 MiB more at the peak is what a 4 MiB block would cost. (One left
-      // for the kept slot keeps its pages, 1 MiB: the next buffer to grow
-      // reuses them.)
-      if (Policy::kGrowIntoKept && w.cls == kGrowerClass && cls > w.cls)
-        pal::discard(L.slot(w.cls, w.slab, w.index), size_t{1} << w.cls);
-    }
     deallocate(p, Kind::Malloc);
     return q;
   }
@@ -464,20 +449,6 @@ class Heap {
   [[gnu::noinline, gnu::cold]] void discard_and_push(const Layout L, Where w, char* slot) {
     if (is_kept_class(w.cls) && !(slot = swap_kept(L, w.cls, slot, w))) return;
     give_back(L, w, slot);
-  }
-
-  // A block that realloc grows past a quarter of the 4 MiB class's kept slot
-  // (and out of a smaller one) takes the kept slot, if there is one: its
-  // pages are resident and idle, so the block grows on in them with no
-  // fault and no copy, where it held a grower's pages beside the kept slot's
-  // (realloc-step: 9.2 MiB peak, glibc's 6.8). Not smaller blocks: one that
-  // then stayed small would hold all 4 MiB resident.
-  [[gnu::noinline, gnu::cold]] void* take_kept_to_grow(const Layout& L, size_t size) {
-    Where w{};
-    char* const slot = kept_[0].load(std::memory_order_relaxed) ? swap_kept(L, kKeptClass, nullptr, w) : nullptr;
-    if (!slot) return nullptr;
-    count_allocation(L, thread_slab(), kKeptClass, w.slab, size, false, thread_shares_slab());
-    return Policy::on_alloc(slot, kKeptClass, size, 1, Kind::Malloc, false, false);
   }
 
   // Puts `slot` (or nothing) in the class's kept place; returns the slot kept

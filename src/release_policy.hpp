@@ -18,9 +18,6 @@ struct ReleasePolicy {
   static constexpr bool kTrimSlabs = true;
   // realloc moves large blocks' pages instead of copying them (heap.hpp).
   static constexpr bool kMovePages = true;
-  // realloc grows a block past 1 MiB in the idle kept 4 MiB slot, and gives
-  // an outgrown grower's pages back (heap.hpp).
-  static constexpr bool kGrowIntoKept = true;
 
   static constexpr size_t slot_bytes(size_t size, size_t /*align*/) { return size; }
 

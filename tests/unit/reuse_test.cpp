@@ -952,62 +952,37 @@ TEST(Realloc, ALargeBlockMovesItsPagesInsteadOfCopyingThem) {
   smalloc_free(q);
 }
 
-// A buffer that realloc grows past 1 MiB takes the kept 4 MiB slot, if
-// there is one, and grows on in its resident pages with no fault and no
-// move. A smaller buffer does not take it: staying small, it would hold
-// 4 MiB.
-TEST(Realloc, ABufferGrowingPastOneMiBGrowsOnInTheKeptFourMiBSlot) {
-  constexpr size_t kKeptBytes = size_t{3} << 20, kOneMiB = size_t{1} << 20;
-  smalloc_malloc_trim(0);  // no kept slot from before
-  char* kept = static_cast<char*>(smalloc_malloc(kKeptBytes));
-  ASSERT_NE(kept, nullptr);
-  memset(kept, 1, kKeptBytes);
-  smalloc_free(kept);
-  char* p = static_cast<char*>(smalloc_malloc(1000));
-  ASSERT_NE(p, nullptr);
-  for (size_t i = 0; i < 1000; ++i) p[i] = char(i % 251);
-  char* const grower = static_cast<char*>(smalloc_realloc(p, size_t{100} << 10));
-  ASSERT_NE(grower, nullptr);
-  EXPECT_NE(grower, kept) << "a 100 KiB block took the kept 4 MiB slot";
-  ASSERT_EQ(smalloc_realloc(grower, kOneMiB), grower);
-  memset(grower + 1000, 2, kOneMiB - 1000);
-  p = static_cast<char*>(smalloc_realloc(grower, kOneMiB + 1));
-  ASSERT_EQ(p, kept) << "past 1 MiB: the kept slot";
-  const long faults = MinorFaults();
-  for (size_t n = kOneMiB + 4096; n <= kKeptBytes; n += 4096 + 64) {
-    ASSERT_EQ(smalloc_realloc(p, n), p) << "moved at " << n;
-    p[n - 1] = 3;
+// A buffer that realloc grows holds the pages it touched, not a slot's
+// worth: not even right after a 4 MiB buffer was freed, whose slot (kept
+// resident for the next 4 MiB buffer) would hold all 4 MiB for a block a
+// quarter that size. A program alternating the two ran at 4.0x its live
+// bytes so (glibc: 1.03x).
+TEST(Realloc, ABufferGrownAfterAFourMiBOneWasFreedHoldsOnlyItsOwnPages) {
+  constexpr size_t kBig = size_t{4} << 20, kGrown = (size_t{1} << 20) + 4096;
+  const size_t page = size_t(sysconf(_SC_PAGESIZE));
+  std::vector<char*> grown;
+  char* big = static_cast<char*>(smalloc_malloc(kBig));
+  ASSERT_NE(big, nullptr);
+  memset(big, 1, kBig);
+  for (int round = 0; round < 8; ++round) {
+    smalloc_free(big);
+    char* p = nullptr;
+    for (size_t n = size_t{64} << 10;; n = std::min(n + (size_t{64} << 10), kGrown)) {
+      p = static_cast<char*>(smalloc_realloc(p, n));
+      ASSERT_NE(p, nullptr);
+      memset(p, 2, n);
+      if (n == kGrown) break;
+    }
+    grown.push_back(p);
+    big = static_cast<char*>(smalloc_malloc(kBig));
+    ASSERT_NE(big, nullptr);
+    memset(big, 1, kBig);
   }
-  EXPECT_LT(MinorFaults() - faults, 64) << "the kept slot's pages were resident";
-  EXPECT_EQ(smalloc_realloc(p, size_t{4} << 20), p);
-  size_t wrong = 0;
-  for (size_t i = 0; i < 1000; ++i) wrong += p[i] != char(i % 251);
-  for (size_t i = 1000; i < kOneMiB; i += 4093) wrong += p[i] != 2;
-  EXPECT_EQ(wrong, 0u);
-  smalloc_free(p);
-  EXPECT_EQ(smalloc_malloc(kKeptBytes), kept) << "freed, the slot is kept again";
-  smalloc_free(kept);
-  smalloc_malloc_trim(0);
-}
-
-// With no kept slot, a buffer grows in a 2 MiB grower slot; once it outgrows
-// that, the grower's pages go back at once, not when the buffer is freed.
-TEST(Realloc, AnOutgrownGrowerSlotGivesItsPagesBack) {
-  constexpr size_t kTwoMiB = size_t{2} << 20;
-  smalloc_malloc_trim(0);  // no kept slot
-  char* p = static_cast<char*>(smalloc_malloc(1000));
-  ASSERT_NE(p, nullptr);
-  char* grower = static_cast<char*>(smalloc_realloc(p, size_t{100} << 10));
-  ASSERT_NE(grower, nullptr);
-  ASSERT_EQ(smalloc_realloc(grower, kTwoMiB), grower) << "grows in place to 2 MiB";
-  memset(grower, 3, kTwoMiB);
-  EXPECT_EQ(ResidentPages(grower, kTwoMiB), kTwoMiB / size_t(sysconf(_SC_PAGESIZE)));
-  char* moved = static_cast<char*>(smalloc_realloc(grower, kTwoMiB + 1));
-  ASSERT_NE(moved, nullptr);
-  ASSERT_NE(moved, grower);
-  EXPECT_EQ(std::count(moved, moved + kTwoMiB, 3), std::ptrdiff_t(kTwoMiB));
-  EXPECT_LE(ResidentPages(grower, kTwoMiB), 1u) << "the outgrown grower kept its pages";
-  smalloc_free(moved);
+  for (char* p : grown) {
+    EXPECT_LE(ResidentPages(p, smalloc_malloc_usable_size(p)), kGrown / page + 2) << "a grown buffer's slot";
+    smalloc_free(p);
+  }
+  smalloc_free(big);
 }
 
 // Each move splits a mapping off the reservation; freeing the block merges
