@@ -158,7 +158,13 @@ class Heap {
   // Written so that everything that calls out (first use, shared slabs, big
   // slots, exhaustion) is a tail call: the common path saves no registers.
   [[gnu::always_inline]] void* allocate(size_t size, size_t align, Kind kind, bool zero = false) {
-    return allocate_in(size_class(Policy::slot_bytes(size, align), align), size, align, kind, zero);
+    return allocate_in(class_for(size, align), size, align, kind, zero);
+  }
+
+  // The class of slot that serves `size` bytes at `align` (the policy's
+  // slot_bytes may add room around the block).
+  [[gnu::always_inline]] static unsigned class_for(size_t size, size_t align) {
+    return size_class(Policy::slot_bytes(size, align), align);
   }
 
   [[gnu::always_inline]] void* allocate_in(unsigned cls, size_t size, size_t align, Kind kind, bool zero) {
@@ -595,13 +601,12 @@ class Heap {
     if constexpr (kProcessHeap) {
       if ((g_orphan_classes.load(std::memory_order_relaxed) >> cls) & 1) adopt_orphans(cls);
     }
-    if (Lists::take_remote(L, cls, home)) {
+    // (A thread that shares its slab takes its used slots first in any case.)
+    if (Lists::take_remote(L, cls, home) || shared) {
       if (void* p = take_used(home)) return p;
     }
-    if (shared) {
-      if (void* p = take_used(home)) return p;
-    } else if constexpr (kProcessHeap) {
-      if (cls <= kStagedMaxClass && t_thread.staged[cls] != 0) {
+    if constexpr (kProcessHeap) {
+      if (!shared && cls <= kStagedMaxClass && t_thread.staged[cls] != 0) {
         unstage(L, t_thread, cls);
         if (void* p = take_used(home)) return p;
       }

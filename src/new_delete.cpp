@@ -34,7 +34,7 @@ namespace {
 // allocation inlined here, testing its result for the new-handler made every
 // new save and restore two registers (6 of its 33 instructions).
 [[gnu::always_inline]] inline void* allocate_new(size_t size, size_t align, Kind kind) {
-  const unsigned cls = smalloc::size_class(smalloc::Policy::slot_bytes(size, align), align);
+  const unsigned cls = g_heap.class_for(size, align);
   if (void* p = g_heap.allocate_listed(cls, size, align, kind, false)) return p;
   return allocate_new_rest(cls, size, align, kind);
 }
