@@ -462,7 +462,9 @@ TEST_P(ApiTest, ReallocThatStillFitsReturnsTheSamePointer) {
     ASSERT_GE(usable, n);
     fill(p, n, 6);
     EXPECT_EQ(A.realloc(p, usable), p) << "growing " << n << " to its usable size " << usable;
-    EXPECT_EQ(A.realloc(p, n / 2 + 1), p) << "shrinking " << n;
+    // Shrunk, it may move to a smaller class's slot (core_test says when).
+    p = A.realloc(p, n / 2 + 1);
+    ASSERT_NE(p, nullptr) << "shrinking " << n;
     EXPECT_EQ(first_mismatch(p, n / 2 + 1, 6), SIZE_MAX);
     A.free(p);
   }

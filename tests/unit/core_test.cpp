@@ -244,6 +244,44 @@ TEST(Heap, ReallocStaysInPlaceWhileTheSlotFits) {
   EXPECT_EQ(heap.reallocate(q, 0), nullptr);
 }
 
+// Shrunk into a smaller class, a block moves, and its slot serves the next
+// block of its class; shrunk within its class, it stays.
+TEST(Heap, ReallocIntoASmallerClassMovesAndFreesTheSlot) {
+  TestHeap heap(kTestSpan);
+  char* p = static_cast<char*>(heap.allocate(1000, 1, Kind::Malloc));
+  for (int i = 0; i < 1000; ++i) p[i] = char(i % 251);
+  EXPECT_EQ(heap.reallocate(p, 513), p) << "still more than half the slot";
+  char* q = static_cast<char*>(heap.reallocate(p, 300));
+  ASSERT_NE(q, nullptr);
+  EXPECT_NE(q, p);
+  EXPECT_EQ(where(heap.layout(), q).cls, size_class(300));
+  int wrong = 0;
+  for (int i = 0; i < 300; ++i) wrong += q[i] != char(i % 251);
+  EXPECT_EQ(wrong, 0);
+  EXPECT_EQ(heap.allocate(1000, 1, Kind::Malloc), p) << "the slot it left was not free again";
+  EXPECT_EQ(heap.reallocate(q, 257), q);
+  EXPECT_EQ(heap.reallocate(q, 512), q);
+}
+
+// A grower may hold anything past kGrowerMin: only a shrink to kGrowerMin
+// or less is sure to be one, and moves.
+TEST(Heap, AGrowerMovesOnlyWhenShrunkToWhereGrowersStart) {
+  TestHeap heap;
+  char* p = static_cast<char*>(heap.allocate(1000, 1, Kind::Malloc));
+  char* g = static_cast<char*>(heap.reallocate(p, kGrowerMin * 8));
+  ASSERT_NE(g, nullptr);
+  ASSERT_EQ(where(heap.layout(), g).cls, kGrowerClass);
+  std::memset(g, 'g', kGrowerMin * 8);
+  EXPECT_EQ(heap.reallocate(g, kGrowerMin * 2), g);
+  EXPECT_EQ(heap.reallocate(g, kGrowerMin + 1), g);
+  char* q = static_cast<char*>(heap.reallocate(g, kGrowerMin));
+  ASSERT_NE(q, nullptr);
+  EXPECT_NE(q, g);
+  EXPECT_LT(where(heap.layout(), q).cls, kGrowerClass);
+  EXPECT_EQ(std::count(q, q + kGrowerMin, 'g'), std::ptrdiff_t(kGrowerMin));
+  heap.deallocate(q, Kind::Malloc);
+}
+
 TEST(Heap, ABlockThatKeepsGrowingJumpsToTheGrowerClass) {
   TestHeap heap;
   char* p = static_cast<char*>(heap.allocate(1000, 1, Kind::Malloc));

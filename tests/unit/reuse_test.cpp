@@ -932,6 +932,33 @@ TEST(Realloc, ALargeBlockShrunkToAQuarterMovesAndItsPagesGoBack) {
   smalloc_free(q);
 }
 
+// Buffers grown by realloc and then shrunk to what they hold (a file read
+// into a growing buffer, say) each leave their grower slot, and its pages,
+// to the next: in place, 500 of 1 MiB shrunk to 1 KiB held 500 MiB.
+TEST(Realloc, BuffersGrownThenShrunkReuseOneGrowerSlot) {
+  constexpr int kBuffers = 100;
+  constexpr size_t kPeak = size_t{1} << 20, kKeep = 1000;
+  std::set<char*> peaks;
+  std::vector<char*> kept;
+  for (int b = 0; b < kBuffers; ++b) {
+    char* p = nullptr;
+    for (size_t size = 64; size <= kPeak; size *= 2) {
+      p = static_cast<char*>(smalloc_realloc(p, size));
+      ASSERT_NE(p, nullptr);
+      memset(p + size / 2, b, size / 2);
+    }
+    peaks.insert(p);
+    char* q = static_cast<char*>(smalloc_realloc(p, kKeep));
+    ASSERT_NE(q, nullptr);
+    ASSERT_EQ(q[kKeep - 1], char(b));
+    EXPECT_LT(smalloc_malloc_usable_size(q), 4096u);
+    kept.push_back(q);
+  }
+  EXPECT_LE(peaks.size(), 2u) << "the grower slots the shrunk buffers left were not used again";
+  for (int b = 0; b < kBuffers; ++b) EXPECT_EQ(kept[b][kKeep - 1], char(b));
+  for (char* q : kept) smalloc_free(q);
+}
+
 // realloc moves a large block by moving its pages to the new slot, not by
 // copying them: the bytes arrive, and the new slot's pages are not faulted in.
 TEST(Realloc, ALargeBlockMovesItsPagesInsteadOfCopyingThem) {
