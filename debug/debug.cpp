@@ -112,12 +112,18 @@ size_t tail_fill_bytes(char* slot, unsigned cls, const char* end_of_block) {
 // static storage is the initialised state. A full ring or a producer stalled
 // mid-push (say, across fork) only makes frees skip the quarantine: it never
 // blocks.
+// Plain words behind atomic_ref, and constinit: a million std::atomic cells
+// were initialised by a constructor at run time (GCC gives up evaluating so
+// large an array at compile time), which wiped what frees before it had
+// queued (glibc's backtrace loading libgcc_s from our own constructor), and
+// the ring stopped at that cell for good: no write after free was found.
 constexpr size_t kRingSize = size_t{1} << 20;
 struct Cell {
-  std::atomic<size_t> seq;
+  size_t seq;
   char* slot;
 };
-Cell g_ring[kRingSize];
+constinit Cell g_ring[kRingSize]{};
+std::atomic_ref<size_t> seq_of(Cell& c) { return std::atomic_ref<size_t>(c.seq); }
 alignas(64) std::atomic<size_t> g_enqueue{0};
 alignas(64) std::atomic<size_t> g_dequeue{0};
 alignas(64) std::atomic<size_t> g_quarantined_bytes{0};
@@ -126,11 +132,11 @@ bool ring_push(char* slot) {
   size_t pos = g_enqueue.load(std::memory_order_relaxed);
   for (;;) {
     Cell& c = g_ring[pos % kRingSize];
-    intptr_t diff = intptr_t(c.seq.load(std::memory_order_acquire) + pos % kRingSize) - intptr_t(pos);
+    intptr_t diff = intptr_t(seq_of(c).load(std::memory_order_acquire) + pos % kRingSize) - intptr_t(pos);
     if (diff == 0) {
       if (g_enqueue.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
         c.slot = slot;
-        c.seq.store(pos + 1 - pos % kRingSize, std::memory_order_release);
+        seq_of(c).store(pos + 1 - pos % kRingSize, std::memory_order_release);
         return true;
       }
     } else if (diff < 0) {
@@ -145,11 +151,11 @@ char* ring_pop() {
   size_t pos = g_dequeue.load(std::memory_order_relaxed);
   for (;;) {
     Cell& c = g_ring[pos % kRingSize];
-    intptr_t diff = intptr_t(c.seq.load(std::memory_order_acquire) + pos % kRingSize) - intptr_t(pos + 1);
+    intptr_t diff = intptr_t(seq_of(c).load(std::memory_order_acquire) + pos % kRingSize) - intptr_t(pos + 1);
     if (diff == 0) {
       if (g_dequeue.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
         char* slot = c.slot;
-        c.seq.store(pos + kRingSize - pos % kRingSize, std::memory_order_release);
+        seq_of(c).store(pos + kRingSize - pos % kRingSize, std::memory_order_release);
         return slot;
       }
     } else if (diff < 0) {

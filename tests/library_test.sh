@@ -15,6 +15,12 @@ for n in $needed; do
   esac
 done
 
+# No dynamic initialisers: malloc and free run before the library's
+# constructors (from the dynamic loader, from other libraries' constructors),
+# and a constructor that set up state would wipe what they did.
+inits=$(nm "$lib" | grep -c '_GLOBAL__sub_I')
+[[ $inits -eq 0 ]] || fail "$lib has $inits dynamic initialiser(s): $(nm -C "$lib" | grep '_GLOBAL__sub_I' | awk '{print $3}' | tr '\n' ' ')"
+
 # Exported functions: the API (libc's names, smalloc_*, operator new/delete).
 bad=$(nm -D --defined-only "$lib" | awk '$2 ~ /[TW]/ {print $3}' |
       grep -Ev '^(smalloc_|_Zn[wa]|_Zd[la]|malloc|free|calloc|realloc|reallocarray|posix_memalign|aligned_alloc|memalign|valloc|pvalloc|malloc_usable_size|malloc_trim|mallinfo|mallinfo2|mallopt|malloc_stats|malloc_info|free_sized|free_aligned_sized|__libc_(malloc|free|calloc|realloc|memalign|valloc|pvalloc)|_init|_fini)')
