@@ -263,9 +263,19 @@ class Heap {
                         : w.cls == kGrowerClass ? size <= kGrowerMin
                                                 : cls < w.cls;
     if (!shrunk && Policy::resize_in_place(L, w, p, size)) return p;
-    if (size > kGrowerMin && cls < kGrowerClass) cls = kGrowerClass;
+    if (!shrunk && size > kGrowerMin && cls < kGrowerClass) cls = kGrowerClass;
     void* q = allocate_in(cls, size, 1, Kind::Malloc, false);
-    if (!q) return shrunk && Policy::resize_in_place(L, w, p, size) ? p : nullptr;  // a shrink never fails
+    if (shrunk) {
+      // A shrink never fails, and moves only into a smaller slot (its class
+      // full, the allocation failed over to larger ones).
+      Where to;
+      if (q && L.locate(q, to) && to.cls >= w.cls) {
+        deallocate(q, Kind::Malloc);
+        q = nullptr;
+      }
+      if (!q && Policy::resize_in_place(L, w, p, size)) return p;
+    }
+    if (!q) return nullptr;
     size_t old = Policy::usable_size(L, w, p);
     if (!(Policy::kMovePages && !shrunk && w.cls >= kMovePagesClass && pal::move_pages(p, q, old)))
       std::memcpy(q, p, old < size ? old : size);

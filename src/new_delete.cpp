@@ -1,10 +1,14 @@
 // Every form of C++ operator new and delete. New-expressions pass their kind
 // so that a debug policy can catch malloc/delete and new[]/delete mismatches.
 #include <dlfcn.h>
+#include <link.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <new>
+#include <iterator>
+#include <type_traits>
 
 #include "heap.hpp"
 #include SMALLOC_POLICY_HEADER
@@ -45,36 +49,81 @@ using smalloc::Kind;
 
 namespace {
 
-// `bound` if the program's runtime was there at load time, else the same
-// symbol in a libstdc++ loaded since (RTLD_NOLOAD: never loads one).
-template <class T>
-T* cxx_runtime(T* bound, [[maybe_unused]] const char* name) {
+// What operator new takes from a C++ runtime.
+struct CxxRuntime {
+  std::new_handler (*get_new_handler)() noexcept;
+  void* (*allocate_exception)(size_t) noexcept;
+  void (*throw_exception)(void*, void*, void (*)(void*));
+  char* type_info;
+  char* vtable;
+  void (*destructor)(void*);
+  bool complete() const {
+    return get_new_handler && allocate_exception && throw_exception && type_info && vtable && destructor;
+  }
+};
+
+// The runtime bound at load time if there was one; else the first loaded
+// object that has one (a libstdc++.so.6 since loaded, even RTLD_LOCAL, or
+// a module with libstdc++ linked in statically, as many Python wheels are).
+// Any will do: they all throw and catch by the same ABI. Looked up on a
+// failed allocation only, never loading anything (RTLD_NOLOAD), and kept.
+CxxRuntime cxx_runtime() {
+  CxxRuntime r{&get_new_handler, &__cxa_allocate_exception, &__cxa_throw,
+               bad_alloc_type_info, bad_alloc_vtable, &bad_alloc_destructor};
   if constexpr (SMALLOC_SHARED_LIBRARY) {
-    if (bound == nullptr) {
-      void* lib = dlopen("libstdc++.so.6", RTLD_NOW | RTLD_NOLOAD);
-      return lib ? reinterpret_cast<T*>(dlsym(lib, name)) : nullptr;
+    static std::atomic<bool> found{false};
+    static CxxRuntime cached;
+    if (r.complete()) return r;
+    if (found.load(std::memory_order_acquire)) return cached;
+    // The names first: dlopen inside dl_iterate_phdr's callback would take
+    // the loader's locks in the opposite order to a dlopen elsewhere.
+    struct Names {
+      const char* name[512];
+      size_t count;
+    };
+    Names names{};
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, size_t, void* out) {
+          auto& n = *static_cast<Names*>(out);
+          if (n.count < std::size(n.name)) n.name[n.count++] = info->dlpi_name;
+          return 0;
+        },
+        &names);
+    for (size_t i = 0; i < names.count && !r.complete(); ++i) {
+      void* object = dlopen(names.name[i][0] ? names.name[i] : nullptr, RTLD_NOW | RTLD_NOLOAD);
+      if (!object) continue;
+      const auto find = [object](auto& field, const char* name) {
+        field = reinterpret_cast<std::remove_reference_t<decltype(field)>>(dlsym(object, name));
+      };
+      find(r.get_new_handler, "_ZSt15get_new_handlerv");
+      find(r.allocate_exception, "__cxa_allocate_exception");
+      find(r.throw_exception, "__cxa_throw");
+      find(r.type_info, "_ZTISt9bad_alloc");
+      find(r.vtable, "_ZTVSt9bad_alloc");
+      find(r.destructor, "_ZNSt9bad_allocD1Ev");
+      dlclose(object);  // loaded before, and staying: only the count we took
+    }
+    if (r.complete()) {
+      cached = r;
+      found.store(true, std::memory_order_release);
     }
   }
-  return bound;
+  return r;
 }
 
 std::new_handler current_new_handler() {
-  auto* get = cxx_runtime(&get_new_handler, "_ZSt15get_new_handlerv");
-  return get ? get() : nullptr;
+  const CxxRuntime r = cxx_runtime();
+  return r.get_new_handler ? r.get_new_handler() : nullptr;
 }
 
 // throw std::bad_alloc(), through whichever runtime there is: a bad_alloc
 // is its vtable pointer alone (the Itanium C++ ABI's layout).
 [[noreturn, gnu::cold]] void throw_bad_alloc() {
-  auto* allocate_exception = cxx_runtime(&__cxa_allocate_exception, "__cxa_allocate_exception");
-  auto* throw_exception = cxx_runtime(&__cxa_throw, "__cxa_throw");
-  char* type_info = cxx_runtime(bad_alloc_type_info, "_ZTISt9bad_alloc");
-  char* vtable = cxx_runtime(bad_alloc_vtable, "_ZTVSt9bad_alloc");
-  auto* destructor = cxx_runtime(&bad_alloc_destructor, "_ZNSt9bad_allocD1Ev");
-  if (allocate_exception && throw_exception && type_info && vtable && destructor) {
-    void* e = allocate_exception(sizeof(void*));
-    *static_cast<void**>(e) = vtable + 2 * sizeof(void*);
-    throw_exception(e, type_info, destructor);
+  const CxxRuntime r = cxx_runtime();
+  if (r.complete()) {
+    void* e = r.allocate_exception(sizeof(void*));
+    *static_cast<void**>(e) = r.vtable + 2 * sizeof(void*);
+    r.throw_exception(e, r.type_info, r.destructor);
   }
   static const char kMessage[] = "smalloc: operator new: out of memory, and no C++ runtime to throw with\n";
   (void)!write(STDERR_FILENO, kMessage, sizeof kMessage - 1);

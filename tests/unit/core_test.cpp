@@ -263,6 +263,17 @@ TEST(Heap, ReallocIntoASmallerClassMovesAndFreesTheSlot) {
   EXPECT_EQ(heap.reallocate(q, 512), q);
 }
 
+// Past where growers start too, a shrink takes the smaller class: a grower
+// (which a block leaves only below kGrowerMin) is for growth.
+TEST(Heap, ALargeBlockShrunkIntoASmallerClassDoesNotBecomeAGrower) {
+  TestHeap heap;
+  char* big = static_cast<char*>(heap.allocate(200 * 1024, 1, Kind::Malloc));
+  ASSERT_NE(big, nullptr);
+  char* smaller = static_cast<char*>(heap.reallocate(big, 100 * 1024));
+  ASSERT_NE(smaller, nullptr);
+  EXPECT_EQ(where(heap.layout(), smaller).cls, size_class(100 * 1024));
+}
+
 // A grower may hold anything past kGrowerMin: only a shrink to kGrowerMin
 // or less is sure to be one, and moves.
 TEST(Heap, AGrowerMovesOnlyWhenShrunkToWhereGrowersStart) {
