@@ -6,8 +6,8 @@
 
 #include <atomic>
 #include <cstdlib>
-#include <new>
 #include <iterator>
+#include <new>
 #include <type_traits>
 
 #include "heap.hpp"
@@ -71,10 +71,13 @@ CxxRuntime cxx_runtime() {
   CxxRuntime r{&get_new_handler, &__cxa_allocate_exception, &__cxa_throw,
                bad_alloc_type_info, bad_alloc_vtable, &bad_alloc_destructor};
   if constexpr (SMALLOC_SHARED_LIBRARY) {
-    static std::atomic<bool> found{false};
+    // Kept by the first thread to find it (kFound once written): a thread
+    // that finds it meanwhile uses its own copy, so no two write `cached`.
+    enum : int { kNone, kWriting, kFound };
+    static std::atomic<int> state{kNone};
     static CxxRuntime cached;
     if (r.complete()) return r;
-    if (found.load(std::memory_order_acquire)) return cached;
+    if (state.load(std::memory_order_acquire) == kFound) return cached;
     // The names first: dlopen inside dl_iterate_phdr's callback would take
     // the loader's locks in the opposite order to a dlopen elsewhere.
     struct Names {
@@ -103,9 +106,9 @@ CxxRuntime cxx_runtime() {
       find(r.destructor, "_ZNSt9bad_allocD1Ev");
       dlclose(object);  // loaded before, and staying: only the count we took
     }
-    if (r.complete()) {
+    if (int none = kNone; r.complete() && state.compare_exchange_strong(none, kWriting, std::memory_order_relaxed)) {
       cached = r;
-      found.store(true, std::memory_order_release);
+      state.store(kFound, std::memory_order_release);
     }
   }
   return r;
