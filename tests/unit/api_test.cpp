@@ -238,10 +238,17 @@ TEST_P(ApiTest, MallinfoCountsTheBlocksInUseAndTheFreeSlots) {
   EXPECT_EQ(after.hblks, 0u) << "no block here has a mapping of its own";
 }
 
-TEST_P(ApiTest, MalloptAcceptsGlibcsParametersAndRejectsOthers) {
+TEST_P(ApiTest, MalloptAnswersAsGlibcDoes) {
   for (int param : {M_MXFAST, M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX})
     EXPECT_EQ(A.mallopt(param, 2), 1) << param;
   EXPECT_EQ(A.mallopt(12345, 1), 0);
+  // The values glibc refuses (a program may test the answer).
+  EXPECT_EQ(A.mallopt(M_MXFAST, 160), 1);
+  EXPECT_EQ(A.mallopt(M_MXFAST, 161), 0);
+  EXPECT_EQ(A.mallopt(M_MXFAST, -1), 0);
+  EXPECT_EQ(A.mallopt(M_MMAP_THRESHOLD, 32 << 20), 1);
+  EXPECT_EQ(A.mallopt(M_MMAP_THRESHOLD, (32 << 20) + 1), 0);
+  EXPECT_EQ(A.mallopt(M_MMAP_THRESHOLD, -1), 0);
 }
 
 // glibc's XML shape, with the free slots of the class just freed.
