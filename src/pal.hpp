@@ -3,11 +3,14 @@
 // preserves errno so that free() and friends never change it.
 #pragma once
 
+#include <atomic>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
 
+#include <linux/futex.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 namespace smalloc::pal {
@@ -94,6 +97,17 @@ inline size_t mapped_prefix(const void* p, size_t n) {
     if (mincore(reinterpret_cast<void*>(page), kPageSize, residency) != 0) break;
   }
   return page >= end ? n : (page > start ? size_t(page - start) : 0);
+}
+
+// Sleeps while `word` holds `expected`, until wake_one (or a spurious wake-up).
+inline void wait_while(std::atomic<uint32_t>& word, uint32_t expected) {
+  static_assert(sizeof word == sizeof(uint32_t));
+  ErrnoGuard keep;
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
+}
+inline void wake_one(std::atomic<uint32_t>& word) {
+  ErrnoGuard keep;
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
 }
 
 }  // namespace smalloc::pal

@@ -755,6 +755,33 @@ TEST(Trim, TrimmingWhileThreadsAllocateLosesNothing) {
   EXPECT_EQ(Outstanding(9), 0) << "the counts missed slots handed from a private list back to the shared ones";
 }
 
+// malloc_trim from several threads at once: one trims, the others wait
+// asleep for it (and wake when it is done: a lost wake-up hangs here), and
+// no block is damaged or handed out twice meanwhile.
+TEST(Trim, ThreadsCallingMallocTrimAtOnceAllReturnAndLoseNothing) {
+  constexpr size_t kMid = 400;
+  constexpr int kWorkers = 4, kBatch = 2000, kRounds = 200;
+  std::atomic<long> damaged{0}, trims{0};
+  auto work = [&](unsigned seed) {
+    for (int r = 0; r < kRounds; ++r) {
+      std::vector<void*> batch = AllocateBlocks(kMid, kBatch);
+      for (int i = 0; i < kBatch; ++i) memset(batch[i], int((seed + i) % 251), kMid);
+      smalloc_malloc_trim(0);
+      for (int i = 0; i < kBatch; ++i)
+        damaged += std::count_if(static_cast<char*>(batch[i]), static_cast<char*>(batch[i]) + kMid,
+                                 [&](char c) { return c != char((seed + i) % 251); });
+      damaged += long(batch.size() - std::set<void*>(batch.begin(), batch.end()).size());
+      for (void* p : batch) smalloc_free(p);
+      ++trims;
+    }
+  };
+  std::vector<std::thread> workers;
+  for (unsigned t = 0; t < kWorkers; ++t) workers.emplace_back(work, t * 41);
+  for (auto& t : workers) t.join();
+  EXPECT_EQ(damaged.load(), 0);
+  EXPECT_EQ(trims.load(), long{kWorkers} * kRounds);
+}
+
 // With every slab owned, a new thread shares one. It too must take free
 // slots that other slabs hold before touching new memory in its own: a
 // server of 128 threads otherwise grew to 4x the memory of one of 64.
