@@ -23,6 +23,9 @@ struct alignas(kHeadBytes) FreeListHead {
   // The push count when this list was last trimmed: nothing freed since, no
   // pages to give back (written by trimmers only, read by them only).
   std::atomic<uint32_t> trimmed_at;
+  // The same for malloc_trim's trims, which leave every free slot larger than
+  // a page with one page: the next has nothing more to give back either.
+  std::atomic<uint32_t> trimmed_thoroughly_at;
   // What other threads free into the slab: a second list, on lines of its
   // own, so that their pushes and the owner's pops do not fight over one
   // line for every block (prodcons: 65% of malloc's time was that line and

@@ -159,7 +159,8 @@ class Trimmer {
     do {
       if (walked.last) continue;  // the walk goes on, news or not
       if (!(uint32_t(old) & kTouched)) return false;  // no used slot is free
-      if (!(thorough && cls > pal::kPageShift) && uint32_t(old >> 32) == list.trimmed_at.load(std::memory_order_relaxed))
+      const bool slot_by_slot = thorough && cls > pal::kPageShift;
+      if (uint32_t(old >> 32) == (slot_by_slot ? list.trimmed_thoroughly_at : list.trimmed_at).load(std::memory_order_relaxed))
         return false;  // no news
     } while (!head.compare_exchange_weak(old, ((old & kCountMask) + kCountOne) | full, std::memory_order_acq_rel,
                                          std::memory_order_acquire));
@@ -238,7 +239,10 @@ class Trimmer {
       if (uint32_t(now) == full) {
         if (head.compare_exchange_weak(now, ((now & kCountMask) + kCountOne) | first, std::memory_order_release,
                                        std::memory_order_acquire)) {
-          if (whole) list.trimmed_at.store(uint32_t(now >> 32) + 1, std::memory_order_relaxed);
+          if (whole) {
+            list.trimmed_at.store(uint32_t(now >> 32) + 1, std::memory_order_relaxed);
+            if (thorough) list.trimmed_thoroughly_at.store(uint32_t(now >> 32) + 1, std::memory_order_relaxed);
+          }
           return released;
         }
         continue;
