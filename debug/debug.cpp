@@ -94,8 +94,22 @@ void finish_report() {
   g_reporting.store(0);
 }
 
+// 64 bytes at a time, which the compiler vectorises; byte by byte only to
+// find the first bad one. (Byte by byte throughout, checking the poison of
+// blocks leaving quarantine was 79% of a Tcl script's time: 17x glibc's.)
 bool all_equal(const char* p, size_t n, uint8_t byte, size_t* first_bad) {
-  for (size_t i = 0; i < n; ++i)
+  const uint64_t pattern = 0x0101010101010101ull * byte;
+  size_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    uint64_t differ = 0;
+    for (size_t k = 0; k < 64; k += 8) {
+      uint64_t word;
+      std::memcpy(&word, p + i + k, sizeof word);
+      differ |= word ^ pattern;
+    }
+    if (differ != 0) break;
+  }
+  for (; i < n; ++i)
     if (uint8_t(p[i]) != byte) {
       *first_bad = i;
       return false;

@@ -6,6 +6,7 @@
 #   @native: KIND | none     the debug build's error kind, or no report at all
 #   @native-block: N         the report names a block of N bytes
 #   @native-stdout: TEXT     stdout of the native run contains TEXT
+#   @native-says: TEXT       the native report contains TEXT
 #   @func: NAME              native backtrace names the program's function NAME
 #   @valgrind: TEXT          (repeatable) valgrind's stderr contains TEXT
 #   @valgrind-errors: N      memcheck's ERROR SUMMARY counts exactly N errors
@@ -42,7 +43,7 @@ fail() {
 marker() { sed -n "s/.*@$1: *\(.*\)$/\1/p" "$src" | sed 's/ *\*\/.*$//; s/ *$//'; }
 [[ -r $src ]] || fail "cannot read $src"
 kind=$(marker native) block=$(marker native-block) func=$(marker func)
-want_stdout=$(marker native-stdout) want_errors=$(marker valgrind-errors)
+want_stdout=$(marker native-stdout) want_errors=$(marker valgrind-errors) want_says=$(marker native-says)
 [[ -n $kind ]] || fail "$src declares no @native: line (test is broken)"
 bug_lines=$(grep -n '/\* BUG \*/' "$src" | cut -d: -f1)
 [[ $(wc -w <<<"$bug_lines") -le 1 ]] || fail "more than one /* BUG */ line in $src"
@@ -110,6 +111,7 @@ if [[ $mode == native ]]; then
     check_finished "SMALLOC_DEBUG_ABORT=0"
   fi
   if [[ -n $want_stdout ]]; then grep -qF -- "$want_stdout" "$tmp/out" || fail "stdout lacks '$want_stdout'"; fi
+  if [[ -n $want_says ]]; then grep -qF -- "$want_says" "$tmp/err" || fail "report lacks '$want_says'"; fi
   echo "PASS native $name"
   exit 0
 fi

@@ -2,6 +2,7 @@
    quarantine, which checks the poison of every block leaving it.
    @native: write-after-free
    @native-block: 64
+   @native-says: freed block written at offset +10 (found 0x58
    @func: write_after_free
    @valgrind: Invalid write of size 1
    @valgrind: 10 bytes inside a block of size 64 free'd
