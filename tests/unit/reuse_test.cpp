@@ -720,6 +720,22 @@ TEST(Trim, LockedPagesAreKeptAndCallocStillClears) {
 
 // Trimming while other threads allocate, free and fail over into the slab
 // being trimmed: every block keeps its bytes and no slot is handed out twice.
+// Allocates `count` blocks of `size`, fills each with a byte of its own,
+// runs `meanwhile`, frees them and returns how many bytes changed plus how
+// many blocks were handed out twice.
+template <class Fn>
+long FillRunAndCheck(size_t size, int count, unsigned seed, Fn meanwhile) {
+  std::vector<void*> batch = AllocateBlocks(size, count);
+  for (int i = 0; i < count; ++i) memset(batch[i], int((seed + i) % 251), size);
+  meanwhile();
+  long damaged = long(batch.size() - std::set<void*>(batch.begin(), batch.end()).size());
+  for (int i = 0; i < count; ++i)
+    damaged += std::count_if(static_cast<char*>(batch[i]), static_cast<char*>(batch[i]) + size,
+                             [&](char c) { return c != char((seed + i) % 251); });
+  for (void* p : batch) smalloc_free(p);
+  return damaged;
+}
+
 TEST(Trim, TrimmingWhileThreadsAllocateLosesNothing) {
   constexpr size_t kMid = 400;
   constexpr int kWorkers = 4, kBatch = 4000;
@@ -727,13 +743,7 @@ TEST(Trim, TrimmingWhileThreadsAllocateLosesNothing) {
   std::atomic<long> damaged{0}, rounds{0};
   auto work = [&](unsigned seed) {
     while (!stop.load()) {
-      std::vector<void*> batch = AllocateBlocks(kMid, kBatch);
-      for (int i = 0; i < kBatch; ++i) memset(batch[i], int((seed + i) % 251), kMid);
-      for (int i = 0; i < kBatch; ++i)
-        damaged += std::count_if(static_cast<char*>(batch[i]), static_cast<char*>(batch[i]) + kMid,
-                                 [&](char c) { return c != char((seed + i) % 251); });
-      damaged += long(batch.size() - std::set<void*>(batch.begin(), batch.end()).size());
-      for (void* p : batch) smalloc_free(p);
+      damaged += FillRunAndCheck(kMid, kBatch, seed, [] {});
       ++rounds;
     }
   };
@@ -768,14 +778,7 @@ TEST(Trim, ThreadsCallingMallocTrimAtOnceAllReturnAndLoseNothing) {
   std::atomic<long> damaged{0}, trims{0};
   auto work = [&](unsigned seed) {
     for (int r = 0; r < kRounds; ++r) {
-      std::vector<void*> batch = AllocateBlocks(kMid, kBatch);
-      for (int i = 0; i < kBatch; ++i) memset(batch[i], int((seed + i) % 251), kMid);
-      smalloc_malloc_trim(0);
-      for (int i = 0; i < kBatch; ++i)
-        damaged += std::count_if(static_cast<char*>(batch[i]), static_cast<char*>(batch[i]) + kMid,
-                                 [&](char c) { return c != char((seed + i) % 251); });
-      damaged += long(batch.size() - std::set<void*>(batch.begin(), batch.end()).size());
-      for (void* p : batch) smalloc_free(p);
+      damaged += FillRunAndCheck(kMid, kBatch, seed, [] { smalloc_malloc_trim(0); });
       ++trims;
     }
   };
