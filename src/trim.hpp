@@ -164,6 +164,7 @@ class Trimmer {
         return false;  // no news
     } while (!head.compare_exchange_weak(old, ((old & kCountMask) + kCountOne) | full, std::memory_order_acq_rel,
                                          std::memory_order_acquire));
+    const uint32_t taken_at = uint32_t(old >> 32) + 1;  // the push count while the list is off its head
     const auto marked = [marks](uint32_t i) { return (marks[i / 64] >> (i % 64)) & 1; };
     // fn(index) for every marked slot below `end`, highest first.
     const auto each_marked_below = [marks](uint32_t end, auto fn) {
@@ -179,6 +180,7 @@ class Trimmer {
     // whole: walked to its end; false too if the list repeats a slot (a
     // double free): then leave it as it was
     bool whole = true, cut = false;
+    bool all_given = true;  // false if the kernel kept pages it was asked for (locked)
     while (link & kTouched) {
       const uint32_t index = link & kSlotMask;
       if (index >= full || marked(index)) {
@@ -211,8 +213,10 @@ class Trimmer {
       while (whole && keep > 0 && marked(keep - 1)) --keep;
       const uint32_t slots_per_page = cls < pal::kPageShift ? uint32_t(pal::kPageSize >> cls) : 1;
       keep = (keep + slots_per_page - 1) / slots_per_page * slots_per_page;
-      if (whole && keep < top && !pal::discard(L.slot(cls, slab, keep), size_t(top - keep) << cls))
+      if (whole && keep < top && !pal::discard(L.slot(cls, slab, keep), size_t(top - keep) << cls)) {
         keep = top;  // the kernel kept the pages: so do we
+        all_given = false;
+      }
       if (whole && keep < top) {
         first = keep;
         each_marked_below(keep, [&](uint32_t index) {
@@ -228,7 +232,9 @@ class Trimmer {
       }
       if (thorough && whole && cls > pal::kPageShift)
         each_marked_below(keep, [&](uint32_t index) {
-          released |= pal::discard(L.slot(cls, slab, index) + pal::kPageSize, (size_t{1} << cls) - pal::kPageSize);
+          const bool given = pal::discard(L.slot(cls, slab, index) + pal::kPageSize, (size_t{1} << cls) - pal::kPageSize);
+          released |= given;
+          all_given &= given;
         });
       clear_marks(top);
       if (walked.last) set_pending({});
@@ -239,9 +245,13 @@ class Trimmer {
       if (uint32_t(now) == full) {
         if (head.compare_exchange_weak(now, ((now & kCountMask) + kCountOne) | first, std::memory_order_release,
                                        std::memory_order_acquire)) {
-          if (whole) {
-            list.trimmed_at.store(uint32_t(now >> 32) + 1, std::memory_order_relaxed);
-            if (thorough) list.trimmed_thoroughly_at.store(uint32_t(now >> 32) + 1, std::memory_order_relaxed);
+          // No news only if it was all walked and nothing freed meanwhile
+          // (those slots, put in front, were not), and malloc_trim's only if
+          // the kernel took every page it was asked for (locked ones, later
+          // unlocked, go on the next call).
+          if (whole && uint32_t(now >> 32) == taken_at) {
+            list.trimmed_at.store(taken_at + 1, std::memory_order_relaxed);
+            if (thorough && all_given) list.trimmed_thoroughly_at.store(taken_at + 1, std::memory_order_relaxed);
           }
           return released;
         }

@@ -718,6 +718,72 @@ TEST(Trim, LockedPagesAreKeptAndCallocStillClears) {
   for (void* p : again) smalloc_free(p);
 }
 
+// Pages the kernel kept (locked) when malloc_trim asked go on the next call
+// once unlocked: a trim that could not give everything back is not taken as
+// done (which would skip the list until something more is freed into it).
+TEST(Trim, PagesTheKernelKeptGoBackOnTheNextMallocTrim) {
+  constexpr size_t kBlock = 70000;  // class 17: no other test here uses it
+  constexpr int kCount = 40;
+  std::vector<void*> blocks = AllocateTouched(kBlock, kCount, 0x3c);
+  const auto [start, span] = Spanned(blocks, kBlock);
+  if (mlock(start, span) != 0) GTEST_SKIP() << "mlock of " << span << " bytes refused: " << strerror(errno);
+  std::vector<void*> freed;
+  for (int i = 0; i < kCount; ++i)
+    if (i % 10 != 9) {
+      smalloc_free(blocks[i]);
+      freed.push_back(blocks[i]);
+    }
+  smalloc_malloc_trim(0);  // the kernel keeps every page
+  munlock(start, span);
+  EXPECT_EQ(smalloc_malloc_trim(0), 1);
+  size_t resident = 0;
+  for (void* p : freed) resident += ResidentPages(p, kBlock);
+  EXPECT_LE(resident, freed.size()) << "free slots kept more than their first page";
+  for (int i = 9; i < kCount; i += 10) smalloc_free(blocks[i]);
+}
+
+// Slots freed while a malloc_trim holds their list go back in front of it
+// unwalked: the next malloc_trim must walk them, not take the list as trimmed.
+TEST(Trim, SlotsFreedDuringAMallocTrimAreTrimmedByTheNext) {
+  constexpr size_t kBlock = 200000;  // class 18: no other test here uses it
+  constexpr int kCount = 1000, kLate = 200;
+  std::atomic<int> phase{0};
+  std::vector<void*> late;
+  std::thread freer([&] {
+    std::vector<void*> blocks = AllocateTouched(kBlock, kCount, 0x77);
+    std::vector<int> order;  // every tenth stays live: no free top to give back whole
+    for (int i = 0; i < kCount; ++i)
+      if (i % 10 != 9) order.push_back(i);
+    std::shuffle(order.begin(), order.end(), std::mt19937(5));
+    const size_t early = order.size() - kLate;
+    for (size_t k = 0; k < early; ++k) smalloc_free(blocks[order[k]]);
+    phase = 1;
+    while (phase.load() != 2) std::this_thread::yield();
+    for (size_t k = early; k < order.size(); ++k) {  // one by one, while the main thread trims
+      smalloc_free(blocks[order[k]]);
+      late.push_back(blocks[order[k]]);
+      std::this_thread::sleep_for(std::chrono::microseconds(300));
+    }
+    phase = 3;
+    while (phase.load() != 4) std::this_thread::yield();
+    for (int i = 9; i < kCount; i += 10) smalloc_free(blocks[i]);
+  });
+  while (phase.load() != 1) std::this_thread::yield();
+  smalloc_malloc_trim(0);
+  phase = 2;
+  int trims = 0;
+  do {
+    smalloc_malloc_trim(0);
+    ++trims;
+  } while (phase.load() != 3);
+  smalloc_malloc_trim(0);
+  size_t kept = 0;
+  for (void* p : late) kept += ResidentPages(p, kBlock) > 1;
+  EXPECT_EQ(kept, 0u) << "of " << late.size() << " slots freed during " << trims << " trims";
+  phase = 4;
+  freer.join();
+}
+
 // Trimming while other threads allocate, free and fail over into the slab
 // being trimmed: every block keeps its bytes and no slot is handed out twice.
 // Allocates `count` blocks of `size`, fills each with a byte of its own,
