@@ -155,11 +155,12 @@ class Trimmer {
     const uint32_t full = L.slots_per_slab(cls);
     PendingTrim walked = pending_.last && pending_.cls == cls && pending_.slab == slab ? pending_ : PendingTrim{};
     Lists::take_remote(L, cls, slab);
+    // malloc_trim gives back the pages of each free slot larger than a page.
+    const bool slot_by_slot = thorough && cls > pal::kPageShift;
     uint64_t old = head.load(std::memory_order_acquire);
     do {
       if (walked.last) continue;  // the walk goes on, news or not
       if (!(uint32_t(old) & kTouched)) return false;  // no used slot is free
-      const bool slot_by_slot = thorough && cls > pal::kPageShift;
       if (uint32_t(old >> 32) == (slot_by_slot ? list.trimmed_thoroughly_at : list.trimmed_at).load(std::memory_order_relaxed))
         return false;  // no news
     } while (!head.compare_exchange_weak(old, ((old & kCountMask) + kCountOne) | full, std::memory_order_acq_rel,
@@ -230,7 +231,7 @@ class Trimmer {
         Policy::write_link(walked.last, first);
         first = walked.first;
       }
-      if (thorough && whole && cls > pal::kPageShift)
+      if (slot_by_slot && whole)
         each_marked_below(keep, [&](uint32_t index) {
           const bool given = pal::discard(L.slot(cls, slab, index) + pal::kPageSize, (size_t{1} << cls) - pal::kPageSize);
           released |= given;
