@@ -784,8 +784,6 @@ TEST(Trim, SlotsFreedDuringAMallocTrimAreTrimmedByTheNext) {
   freer.join();
 }
 
-// Trimming while other threads allocate, free and fail over into the slab
-// being trimmed: every block keeps its bytes and no slot is handed out twice.
 // Allocates `count` blocks of `size`, fills each with a byte of its own,
 // runs `meanwhile`, frees them and returns how many bytes changed plus how
 // many blocks were handed out twice.
@@ -802,6 +800,8 @@ long FillRunAndCheck(size_t size, int count, unsigned seed, Fn meanwhile) {
   return damaged;
 }
 
+// Trimming while other threads allocate, free and fail over into the slab
+// being trimmed: every block keeps its bytes and no slot is handed out twice.
 TEST(Trim, TrimmingWhileThreadsAllocateLosesNothing) {
   constexpr size_t kMid = 400;
   constexpr int kWorkers = 4, kBatch = 4000;
@@ -841,18 +841,15 @@ TEST(Trim, TrimmingWhileThreadsAllocateLosesNothing) {
 TEST(Trim, ThreadsCallingMallocTrimAtOnceAllReturnAndLoseNothing) {
   constexpr size_t kMid = 400;
   constexpr int kWorkers = 4, kBatch = 2000, kRounds = 200;
-  std::atomic<long> damaged{0}, trims{0};
+  std::atomic<long> damaged{0};
   auto work = [&](unsigned seed) {
-    for (int r = 0; r < kRounds; ++r) {
+    for (int r = 0; r < kRounds; ++r)
       damaged += FillRunAndCheck(kMid, kBatch, seed, [] { smalloc_malloc_trim(0); });
-      ++trims;
-    }
   };
   std::vector<std::thread> workers;
   for (unsigned t = 0; t < kWorkers; ++t) workers.emplace_back(work, t * 41);
-  for (auto& t : workers) t.join();
+  for (auto& t : workers) t.join();  // (a lost wake-up never gets past here)
   EXPECT_EQ(damaged.load(), 0);
-  EXPECT_EQ(trims.load(), long{kWorkers} * kRounds);
 }
 
 // With every slab owned, a new thread shares one. It too must take free
