@@ -118,7 +118,7 @@ bool all_equal(const char* p, size_t n, uint8_t byte, size_t* first_bad) {
 }
 
 size_t tail_fill_bytes(char* slot, unsigned cls, const char* end_of_block) {
-  return std::min(kTailFill, size_t(slot + (size_t{1} << cls) - end_of_block));
+  return std::min(kTailFill, size_t(slot + (class_bytes(cls)) - end_of_block));
 }
 
 // ---- quarantine: a bounded lock-free FIFO ring (Vyukov) -----------------------
@@ -202,7 +202,7 @@ void recycle(char* slot) {
       report(Error::WriteAfterFree, p, &h, w.cls, w.slab, detail);
     }
   }
-  g_quarantined_bytes.fetch_sub(size_t{1} << w.cls, std::memory_order_relaxed);
+  g_quarantined_bytes.fetch_sub(class_bytes(w.cls), std::memory_order_relaxed);
   g_heap.recycle_freed(L, w, slot);
 }
 
@@ -218,10 +218,10 @@ void report(Error e, const void* p, const Header* h, unsigned cls, unsigned slab
   if (g_reporting.exchange(1)) return;  // one report at a time, and none from inside one
   if (h)
     say("==smalloc== ERROR: %s at %p: block of %llu bytes from %s, size class %u (%zu B slots), slab %u\n",
-        error_name(e), p, static_cast<unsigned long long>(h->size), kind_name(h->kind), cls, size_t{1} << cls, slab);
+        error_name(e), p, static_cast<unsigned long long>(h->size), kind_name(h->kind), cls, class_bytes(cls), slab);
   else
     say("==smalloc== ERROR: %s at %p: size class %u (%zu B slots), slab %u\n", error_name(e), p, cls,
-        size_t{1} << cls, slab);
+        class_bytes(cls), slab);
   say("==smalloc==   %s\n", detail);
   finish_report();
 }
@@ -318,7 +318,7 @@ char* release(const Layout& L, const Layout::Where& w, void* p, Kind kind, const
   const size_t n = std::min<size_t>(h.size, kPatternCap);
   std::memset(p, kFreedByte, n);
   VALGRIND_FREELIKE_BLOCK(p, kRedzone);
-  VALGRIND_MAKE_MEM_NOACCESS(slot, size_t{1} << w.cls);
+  VALGRIND_MAKE_MEM_NOACCESS(slot, class_bytes(w.cls));
   return slot;
 }
 
@@ -326,7 +326,7 @@ void quarantine(char* slot) {
   const Layout L = g_heap.layout();
   Layout::Where w;
   if (!L.locate(slot, w)) return;
-  g_quarantined_bytes.fetch_add(size_t{1} << w.cls, std::memory_order_relaxed);
+  g_quarantined_bytes.fetch_add(class_bytes(w.cls), std::memory_order_relaxed);
   if (!ring_push(slot)) {
     recycle(slot);
     return;
@@ -371,7 +371,7 @@ bool resize(const Layout& L, const Layout::Where& w, void* p, size_t size) {
   }
   if (!redzones_intact(slot, w.cls, w.slab, p, h)) return false;
   char* start = static_cast<char*>(p);
-  const size_t room = (size_t{1} << w.cls) - size_t(start - slot) - kRedzone;  // a slot always holds front + redzone
+  const size_t room = (class_bytes(w.cls)) - size_t(start - slot) - kRedzone;  // a slot always holds front + redzone
   if (size > room) return false;  // the core moves it, or fails
   const size_t old = h.size;
   VALGRIND_RESIZEINPLACE_BLOCK(p, old, size, kRedzone);

@@ -76,6 +76,7 @@ json stats_json(const smalloc_stats& s) {
                      requested = 0, in_slots = 0, failovers = 0, overflows = 0;
   for (unsigned cls = s.min_class; s.max_class && cls <= s.max_class; ++cls) {
     const smalloc_class_stats& c = s.classes[cls];
+    if (c.slot_size == 0) continue;  // no such class (an odd one, see smalloc.h)
     classes.push_back(class_json(c, false));
     allocations += c.allocations;
     frees += c.frees;
@@ -130,10 +131,10 @@ void serve_stats(const httplib::Request& req, httplib::Response& res) {
   int cls = -1;
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), cls);
   if (ec != std::errc() || end != text.data() + text.size() || cls < int(snapshot->min_class) ||
-      cls > int(snapshot->max_class))
+      cls > int(snapshot->max_class) || snapshot->classes[cls].slot_size == 0)
     return send_json(res, 400,
-                     {{"error", "class must be an integer from " + std::to_string(snapshot->min_class) + " to " +
-                                    std::to_string(snapshot->max_class)}});
+                     {{"error", "class must be one of the classes /stats lists, from " +
+                                    std::to_string(snapshot->min_class) + " to " + std::to_string(snapshot->max_class)}});
   json body = class_json(snapshot->classes[cls], true);
   body["schema_version"] = snapshot->schema_version;
   send_json(res, 200, body);
@@ -157,7 +158,9 @@ extern "C" __attribute__((visibility("default"))) long smalloc_stats_json(const 
     if (size_class < 0) {
       text = stats_json(*stats).dump();
     } else {
-      if (unsigned(size_class) < stats->min_class || unsigned(size_class) > stats->max_class) return -1;
+      if (unsigned(size_class) < stats->min_class || unsigned(size_class) > stats->max_class ||
+          stats->classes[size_class].slot_size == 0)
+        return -1;
       text = class_json(stats->classes[size_class], true).dump();
     }
     if (cap) {

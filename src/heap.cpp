@@ -80,7 +80,7 @@ void after_fork_in_child() {
     for (unsigned cls = 0; cls < kNumClasses; ++cls)
       if (t->own_head[cls] != nullptr || (cls <= kStagedMaxClass && t->staged[cls] != 0) ||
           t->run_next[cls] != t->run_end[cls])
-        g_orphan_classes.fetch_or(uint64_t{1} << cls, std::memory_order_relaxed);
+        g_orphan_classes.fetch_or(orphan_bit(cls), std::memory_order_relaxed);
     g_orphan_slabs.fetch_or(uint64_t{1} << slab, std::memory_order_release);
     g_slab_thread[slab].store(nullptr, std::memory_order_relaxed);
     g_live_slabs.fetch_and(~(uint64_t{1} << slab), std::memory_order_relaxed);
@@ -117,8 +117,9 @@ void adopt_orphans(unsigned cls) {
   if (!g_heap.trimmer().enter_trim()) return;
   const Layout L = g_heap.layout();
   for (uint64_t m = g_orphan_slabs.load(std::memory_order_acquire); m != 0; m &= m - 1)
-    g_heap.return_thread_list(L, g_orphans[__builtin_ctzll(m)], cls);
-  g_orphan_classes.fetch_and(~(uint64_t{1} << cls), std::memory_order_relaxed);
+    for (unsigned c = cls & ~1u; c <= (cls | 1u) && c < kNumClasses; ++c)
+      g_heap.return_thread_list(L, g_orphans[__builtin_ctzll(m)], c);
+  g_orphan_classes.fetch_and(~orphan_bit(cls), std::memory_order_relaxed);
   g_heap.trimmer().leave_trim();
 }
 

@@ -32,7 +32,7 @@ enum class Kind : uint8_t { Malloc, New, NewArray };
 
 // Slots this large are discarded (given back to the OS) when freed; they are
 // then zero but for the link, which calloc exploits.
-inline constexpr unsigned kDiscardClass = 22;  // 4 MiB
+inline constexpr unsigned kDiscardClass = 44;  // 4 MiB
 // Except one per class up to kKeptMaxClass: the last freed slot of each is
 // kept as it is (and the one kept before it discarded instead), so that a
 // buffer of that size freed and allocated again in a loop does not fault all
@@ -40,14 +40,14 @@ inline constexpr unsigned kDiscardClass = 22;  // 4 MiB
 // heap keeps freed blocks of up to 32 MiB). What that keeps resident is
 // bounded by one slot per class: 28 MiB.
 inline constexpr unsigned kKeptClass = kDiscardClass;
-inline constexpr unsigned kKeptMaxClass = 24;  // 16 MiB
+inline constexpr unsigned kKeptMaxClass = 48;  // 16 MiB
 inline constexpr bool is_kept_class(unsigned cls) { return cls - kKeptClass <= kKeptMaxClass - kKeptClass; }
 // Blocks that realloc moves past this size jump straight to kGrowerClass so
 // that further growth stays in place; only touched pages cost memory. Just
 // below kDiscardClass, so that a freed grower's pages are reused, not
 // faulted in again (a buffer grown and dropped in a loop: calloc bench 2x).
 inline constexpr size_t kGrowerMin = 64 * 1024;
-inline constexpr unsigned kGrowerClass = kDiscardClass - 1;  // 2 MiB
+inline constexpr unsigned kGrowerClass = kDiscardClass - 2;  // 2 MiB
 // realloc moves a block from a slot this large (if the policy allows) by
 // moving its pages to the new slot (mremap), not by copying them: no copy,
 // and no fault on the new slot's pages. Only from slots whose pages free()
@@ -55,16 +55,16 @@ inline constexpr unsigned kGrowerClass = kDiscardClass - 1;  // 2 MiB
 // in again when next used (realloc-step 1.5x slower). (From 8 MiB on, a
 // slot emptied so and then kept is empty: that costs the next user of its
 // class the faults the move saved.)
-inline constexpr unsigned kMovePagesClass = kKeptClass + 1;
+inline constexpr unsigned kMovePagesClass = kKeptClass + 2;  // 8 MiB
 
-inline constexpr unsigned kStagedMaxClass = 14;  // 64 slots staged at least: one chain per 64 frees or fewer
+inline constexpr unsigned kStagedMaxClass = 28;  // 16 KiB: 64 slots staged at least, one chain per 64 frees or fewer
 
 // How many never-used slots a thread takes off its slab's head at once: a
 // page's worth, at most 64 (and one from 4 KiB slots on). One CAS and one
 // pass through allocate_untouched for them all: a growing heap took some 110
 // instructions and a CAS per new slot.
 inline constexpr uint32_t run_slots(unsigned cls) {
-  return cls >= 12 ? 1 : std::min<uint32_t>(64, uint32_t{4096} >> cls);
+  return std::max<uint32_t>(1, std::min<uint32_t>(64, uint32_t(4096 / class_bytes(cls))));
 }
 
 // Everything a thread keeps for the process heap, in one block of initial-exec
@@ -118,17 +118,19 @@ inline constexpr uint64_t kOwnListBytes = 1 << 20;
 // How many slots a class's list may hold: none for the classes discarded on free.
 inline constexpr auto kOwnListLimit = [] {
   std::array<uint32_t, kNumClasses> limit{};
-  for (unsigned cls = 0; cls < kDiscardClass; ++cls) limit[cls] = uint32_t(std::max<uint64_t>(1, kOwnListBytes >> cls));
+  for (unsigned cls = kMinClass; cls < kDiscardClass; ++cls)
+    limit[cls] = uint32_t(std::max<uint64_t>(1, kOwnListBytes / class_bytes(cls)));
   return limit;
 }();
 
 unsigned assign_thread_slab();  // cold: takes a slab no live thread has, if any
 
 // In a fork child, the free slots that threads which did not follow it held
-// to themselves, by class: see heap.cpp. Bit c is set while some may be of
-// class c.
+// to themselves, by class: see heap.cpp. orphan_bit(c) is set while some may
+// be of class c (or of the other class of its doubling).
 extern std::atomic<uint64_t> g_orphan_classes;
-void adopt_orphans(unsigned cls);  // cold: hands them to the shared lists
+inline constexpr uint64_t orphan_bit(unsigned cls) { return uint64_t{1} << (cls >> 1); }
+void adopt_orphans(unsigned cls);  // cold: hands them (both classes of cls's doubling) to the shared lists
 
 inline unsigned thread_slab() {
   unsigned s = t_thread.slab_plus_one;
@@ -169,6 +171,11 @@ class Heap {
 
   [[gnu::always_inline]] void* allocate_in(unsigned cls, size_t size, size_t align, Kind kind, bool zero) {
     if (void* p = allocate_listed(cls, size, align, kind, zero)) return p;
+    return allocate_rest(cls, size, align, kind, zero);
+  }
+  // Out of line: inlined, the rest made malloc's fast path save five
+  // registers (GCC 12 no longer moved the pushes past it).
+  [[gnu::noinline]] void* allocate_rest(unsigned cls, size_t size, size_t align, Kind kind, bool zero) {
     return allocate_unlisted(cls, size, align, kind, zero);
   }
 
@@ -205,7 +212,7 @@ class Heap {
         // No used slot left: the run of new ones taken before (counted as
         // touched then).
         if (char* slot = t_thread.run_next[cls]; slot != t_thread.run_end[cls]) {
-          t_thread.run_next[cls] = slot + (size_t{1} << cls);
+          t_thread.run_next[cls] = slot + class_bytes(cls);
           count_own_allocation(cls, size);
           return finish(slot, cls, size, align, kind, zero, true);
         }
@@ -254,12 +261,12 @@ class Heap {
     // pages it touched, serve others again: in place, 500 buffers grown to
     // 1 MiB and shrunk to 1 KiB held 500 MiB (glibc, jemalloc, mimalloc and
     // tcmalloc 4-10 MiB), 200 blocks of 8 MiB shrunk to 1 byte 1.6 GB.
-    // A block has its slot by needing more than half of it (or by an
+    // A block has its slot by needing more than two thirds of it (or by an
     // alignment, which realloc does not keep anyway), so growth never moves;
     // but for a grower, which took its slot at any size past kGrowerMin and
     // may have grown since, only a shrink to kGrowerMin or less is sure to be
     // one. A slot that free() gives back moves from a quarter of it down.
-    const bool shrunk = w.cls >= kDiscardClass   ? cls + 2 <= w.cls
+    const bool shrunk = w.cls >= kDiscardClass   ? cls + 4 <= w.cls
                         : w.cls == kGrowerClass ? size <= kGrowerMin
                                                 : cls < w.cls;
     if (!shrunk && Policy::resize_in_place(L, w, p, size)) return p;
@@ -395,7 +402,7 @@ class Heap {
     t.run_end[cls] = nullptr;
     Where w;
     if (next == end || !L.locate(next, w)) return;
-    const uint32_t first = w.index, count = uint32_t((end - next) >> cls);
+    const uint32_t first = w.index, count = uint32_t(size_t(end - next) / class_bytes(cls));
     auto& head = L.head<FreeListHead>(cls, w.slab).word;
     uint64_t old = head.load(std::memory_order_relaxed);
     // Untouched from the run's end on. (Not if the run ends the slab: that
@@ -434,16 +441,15 @@ class Heap {
     auto* const bits0 = reinterpret_cast<uint64_t*>(L.staged_bits0(cls));
     auto* const bits1 = reinterpret_cast<uint64_t*>(L.staged_bits1(cls));
     const uintptr_t from = uintptr_t(lowest - bits0);  // the lowest level-0 word with a bit
-    const uint32_t slots = L.slots_per_slab(cls);
-    const unsigned slab = unsigned((from * 64) >> (L.span_shift - cls));
-    const uintptr_t end = (L.staged_pos(cls, slab, 0) + slots) >> 12;  // the slab's last level-1 word, plus one
+    const unsigned slab = unsigned((from * 64) >> L.slot_bits(cls));
+    const uintptr_t end = L.staged_pos(cls, slab + 1, 0) >> 12;  // the slab's last level-1 word, plus one
     uint32_t first = 0;
     char* last = nullptr;
     for (uintptr_t i1 = from / 64; i1 < end && left != 0; ++i1) {
       for (uint64_t m = bits1[i1]; m != 0 && left != 0; m &= m - 1) {
         const uintptr_t i0 = i1 * 64 + uintptr_t(__builtin_ctzll(m));
         for (uint64_t b = bits0[i0]; b != 0 && left != 0; b &= b - 1, --left) {
-          const uint32_t index = uint32_t((i0 * 64 + uintptr_t(__builtin_ctzll(b))) & (slots - 1));
+          const uint32_t index = uint32_t((i0 * 64 + uintptr_t(__builtin_ctzll(b))) & ((uintptr_t{1} << L.slot_bits(cls)) - 1));
           if (last) Policy::write_link(last, kTouched | index);
           else first = kTouched | index;
           last = L.slot(cls, slab, index);
@@ -462,7 +468,7 @@ class Heap {
     if constexpr (kProcessHeap) {
       return_thread_lists(t_thread);
       for (uint64_t m = g_orphan_classes.load(std::memory_order_relaxed); m != 0; m &= m - 1)
-        adopt_orphans(unsigned(__builtin_ctzll(m)));
+        adopt_orphans(2 * unsigned(__builtin_ctzll(m)));
     }
     return trimmer_.trim_slabs(L, budget);
   }
@@ -481,7 +487,7 @@ class Heap {
   }
 
   static void give_back(const Layout& L, const Where& w, char* slot) {
-    const size_t bytes = size_t{1} << w.cls;
+    const size_t bytes = class_bytes(w.cls);
     const bool zero = Policy::kMovePages ? pal::renew(slot, bytes) : pal::discard(slot, bytes);
     // Locked pages stay: calloc counts on discarded slots being zero.
     if (!zero && Policy::kDiscardedSlotsStayZero) std::memset(slot, 0, bytes);
@@ -588,7 +594,7 @@ class Heap {
       const Layout L = layout();
       if (__builtin_expect(home < kNumSlabs && t_thread.look_wait[cls] != 0 &&
                                (cls > kStagedMaxClass || t_thread.staged[cls] == 0) &&
-                               !((g_orphan_classes.load(std::memory_order_relaxed) >> cls) & 1) &&
+                               !(g_orphan_classes.load(std::memory_order_relaxed) & orphan_bit(cls)) &&
                                trimmer_.pending_where() / kNumSlabs != cls &&
                                L.head<FreeListHead>(cls, home).remote.load(std::memory_order_relaxed) == 0,
                            1)) {
@@ -615,7 +621,7 @@ class Heap {
       return finish(slot, cls, size, align, kind, zero, false);
     };
     if constexpr (kProcessHeap) {
-      if ((g_orphan_classes.load(std::memory_order_relaxed) >> cls) & 1) adopt_orphans(cls);
+      if (g_orphan_classes.load(std::memory_order_relaxed) & orphan_bit(cls)) adopt_orphans(cls);
     }
     // (A thread that shares its slab takes its used slots first in any case.)
     if (Lists::take_remote(L, cls, home) || shared) {
@@ -672,11 +678,11 @@ class Heap {
     count_allocation(L, home, cls, home, size, fresh ? n : 0, shared);  // the run counts as touched now
     if constexpr (kProcessHeap) {
       if (n > 1) {
-        t_thread.run_next[cls] = slot + (size_t{1} << cls);
-        t_thread.run_end[cls] = slot + (size_t{n} << cls);
+        t_thread.run_next[cls] = slot + class_bytes(cls);
+        t_thread.run_end[cls] = slot + n * class_bytes(cls);
       }
       if constexpr (Policy::kTrimSlabs) {
-        if (fresh && (t_thread.fresh_bytes += size_t{n} << cls) >= kAutoTrimBytes)
+        if (fresh && (t_thread.fresh_bytes += n * class_bytes(cls)) >= kAutoTrimBytes)
           return trim_then_finish(L, slot, cls, size, align, kind, zero);
       }
     }
@@ -717,6 +723,7 @@ class Heap {
                                                unsigned cls) {
     const unsigned home = thread_slab();
     for (unsigned c = cls; c <= L.max_class(); ++c) {
+      if (!class_exists(c) || (size_t{1} << class_align_shift(c)) < align) continue;
       for (unsigned k = 0; k < kNumSlabs; ++k) {
         bool fresh;
         const unsigned slab = (home + k) % kNumSlabs;

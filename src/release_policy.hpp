@@ -34,14 +34,14 @@ struct ReleasePolicy {
   // which the slot gives for free. A block still ends where its slot ends,
   // and free() finds the slot by masking, as for any interior pointer.
   static constexpr size_t kColour = 64;
-  static constexpr unsigned kColourMinClass = 12, kColourMaxClass = 20;
+  static constexpr unsigned kColourMinClass = 24, kColourMaxClass = 40;  // 4 KiB, 1 MiB
   // Per class, the sizes below this are coloured (0: none). A table, not a
   // test of the class: programs mix classes, and that branch mispredicted
   // (batch-random 7% slower).
   static constexpr auto kColourBelow = [] {
-    std::array<size_t, 65> below{};  // size_class() is at most 64
+    std::array<size_t, kNumClasses> below{};
     for (unsigned cls = kColourMinClass; cls <= kColourMaxClass; ++cls)
-      below[cls] = (size_t{1} << cls) - kColour + 1;
+      below[cls] = class_bytes(cls) - kColour + 1;
     return below;
   }();
   static void* on_alloc(char* slot, unsigned cls, size_t size, size_t align, Kind, bool, bool) {
@@ -51,8 +51,9 @@ struct ReleasePolicy {
 
   template <class Heap>
   static Released on_free(Heap&, const Layout&, const Layout::Where& w, void* p, Kind) {
-    // Slots are aligned to their size, so an interior pointer frees its slot too.
-    char* const slot = reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(p) & -(uintptr_t{1} << w.cls));
+    // Every block we hand out starts less than its slot's alignment into
+    // the slot (kColour < 2 KiB, the least of a coloured class).
+    char* const slot = reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(p) & -(uintptr_t{1} << class_align_shift(w.cls)));
     if (slot == nullptr) __builtin_unreachable();  // never in the reservation: free() need not test it
     return {true, slot};
   }
@@ -70,7 +71,7 @@ struct ReleasePolicy {
   static void free_foreign(void*, Kind) {}
 
   static size_t usable_size(const Layout& L, const Layout::Where& w, const void* p) {
-    return size_t(L.slot(w.cls, w.slab, w.index) + (size_t{1} << w.cls) - static_cast<const char*>(p));
+    return size_t(L.slot(w.cls, w.slab, w.index) + class_bytes(w.cls) - static_cast<const char*>(p));
   }
 
   static bool resize_in_place(const Layout& L, const Layout::Where& w, void* p, size_t size) {

@@ -48,9 +48,12 @@ SMALLOC_API int smalloc_owns(const void* ptr) SMALLOC_NOEXCEPT;
  * A snapshot of occupancy, taken without stopping the allocator: exact when
  * the program is quiescent; while threads allocate, each slab's figures are
  * read frees-first so that 0 <= in_use <= touched <= capacity always holds. */
-#define SMALLOC_STATS_SCHEMA_VERSION 1
+#define SMALLOC_STATS_SCHEMA_VERSION 2
 #define SMALLOC_SLABS_PER_CLASS 64
-#define SMALLOC_MAX_CLASSES 34 /* classes 0..33; the first used is min_class */
+/* Classes 0..66; the first used is min_class. Class c has slots of 2^(c/2)
+ * bytes if c is even, 1.5 * 2^(c/2) if odd; some odd ones do not exist
+ * (slot_size 0 in a snapshot). */
+#define SMALLOC_MAX_CLASSES 67
 
 struct smalloc_slab_stats {
   unsigned long long in_use, touched, capacity, allocations, frees;

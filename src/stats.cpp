@@ -89,7 +89,7 @@ void add_own(stats::OwnerRow& row, stats::OwnSlabCounters& sum) {
 
 void fill_layout(const Layout& L, unsigned cls, smalloc_class_stats& out) {
   out.size_class = cls;
-  out.slot_size = 1ull << cls;
+  out.slot_size = class_bytes(cls);
   out.slots_per_slab = L.slots_per_slab(cls);
   out.capacity = out.slots_per_slab * kNumSlabs;
   for (smalloc_slab_stats& s : out.slabs) s.capacity = out.slots_per_slab;
@@ -216,7 +216,9 @@ extern "C" __attribute__((visibility("default"))) int smalloc_stats_snapshot(sma
   out->span_shift = L.span_shift;
   out->max_class = L.max_class();
   out->reserved_bytes = L.size();
-  for (unsigned cls = kMinClass; cls <= L.max_class(); ++cls) fill_layout(L, cls, out->classes[cls]);
+  // (The classes that do not exist stay zero: slot_size 0.)
+  for (unsigned cls = kMinClass; cls <= L.max_class(); ++cls)
+    if (class_exists(cls)) fill_layout(L, cls, out->classes[cls]);
   if constexpr (Policy::kStats) fill_counters(L, *out);
   return 0;
 }

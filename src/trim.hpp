@@ -43,7 +43,7 @@ class Trimmer {
     else if (!try_hold()) return false;
     // One bit per slot of the largest slab, zero-filled on first touch.
     if (!trim_marks_)
-      trim_marks_ = static_cast<uint64_t*>(pal::reserve(std::max<size_t>(L.slots_per_slab(kMinClass) / 8, pal::kPageSize)));
+      trim_marks_ = static_cast<uint64_t*>(pal::reserve(std::max<size_t>((size_t{1} << L.slot_bits(kMinClass)) / 8, pal::kPageSize)));
     bool released = false;
     const bool thorough = budget == UINT64_MAX;
     const auto step = [&](unsigned cls, unsigned slab) {
@@ -156,7 +156,8 @@ class Trimmer {
     PendingTrim walked = pending_.last && pending_.cls == cls && pending_.slab == slab ? pending_ : PendingTrim{};
     Lists::take_remote(L, cls, slab);
     // malloc_trim gives back the pages of each free slot larger than a page.
-    const bool slot_by_slot = thorough && cls > pal::kPageShift;
+    const size_t slot_bytes = class_bytes(cls);
+    const bool slot_by_slot = thorough && slot_bytes > pal::kPageSize;
     uint64_t old = head.load(std::memory_order_acquire);
     do {
       if (walked.last) continue;  // the walk goes on, news or not
@@ -212,9 +213,11 @@ class Trimmer {
       if (whole) top = link & kSlotMask;
       uint32_t keep = top;
       while (whole && keep > 0 && marked(keep - 1)) --keep;
-      const uint32_t slots_per_page = cls < pal::kPageShift ? uint32_t(pal::kPageSize >> cls) : 1;
-      keep = (keep + slots_per_page - 1) / slots_per_page * slots_per_page;
-      if (whole && keep < top && !pal::discard(L.slot(cls, slab, keep), size_t(top - keep) << cls)) {
+      // From a slot that starts a page: every `period` slots do.
+      const unsigned align = class_align_shift(cls);
+      const uint32_t period = align < pal::kPageShift ? uint32_t{1} << (pal::kPageShift - align) : 1;
+      keep = (keep + period - 1) / period * period;
+      if (whole && keep < top && !pal::discard(L.slot(cls, slab, keep), size_t(top - keep) * slot_bytes)) {
         keep = top;  // the kernel kept the pages: so do we
         all_given = false;
       }
@@ -233,7 +236,12 @@ class Trimmer {
       }
       if (slot_by_slot && whole)
         each_marked_below(keep, [&](uint32_t index) {
-          const bool given = pal::discard(L.slot(cls, slab, index) + pal::kPageSize, (size_t{1} << cls) - pal::kPageSize);
+          // The whole pages in the slot after the one of its link.
+          const uintptr_t slot = reinterpret_cast<uintptr_t>(L.slot(cls, slab, index));
+          const uintptr_t from = (slot + pal::kPageSize) & ~(pal::kPageSize - 1);
+          const uintptr_t to = (slot + slot_bytes) & ~(pal::kPageSize - 1);
+          if (to <= from) return;
+          const bool given = pal::discard(reinterpret_cast<char*>(from), to - from);
           released |= given;
           all_given &= given;
         });

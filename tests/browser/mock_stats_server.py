@@ -7,7 +7,7 @@ its browser test without a real allocator.
 Binds 127.0.0.1:PORT (0 picks a free port; the chosen one is printed as
 "listening on http://127.0.0.1:PORT/"). Serves:
   GET /               web/index.html (re-read on every request)
-  GET /stats          synthetic schema_version 1 JSON whose numbers change over time
+  GET /stats          synthetic schema_version 2 JSON whose numbers change over time
   GET /stats?class=N  one class object with per-slab objects
   anything else       404
 --outage START,SECONDS makes /stats answer 503 from START to START+SECONDS
@@ -26,7 +26,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 SPAN_SHIFT = 33
-MIN_CLASS, MAX_CLASS = 3, 33
+MIN_CLASS, MAX_CLASS = 6, 66
+# As the allocator's: class c has slots of 2^(c/2) bytes if c is even, 1.5 *
+# 2^(c/2) if odd; the odd ones below 48 bytes and above 1.5 MiB do not exist.
+CLASSES = [c for c in range(MIN_CLASS, MAX_CLASS + 1) if c % 2 == 0 or 11 <= c <= 41]
+
+
+def slot_size(c):
+    return (2 + (c & 1)) << (c // 2 - 1)
 SLABS = 64
 RESERVED = 1 << 44
 INDEX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "web", "index.html")
@@ -42,7 +49,7 @@ class Heap:
         self.start = time.monotonic()
         self.last = 0.0
         self.lock = threading.Lock()
-        n = MAX_CLASS - MIN_CLASS + 1
+        n = len(CLASSES)
         self.in_use = [[0] * SLABS for _ in range(n)]
         self.touched = [[0] * SLABS for _ in range(n)]
         self.allocs = [[0] * SLABS for _ in range(n)]
@@ -51,14 +58,15 @@ class Heap:
         self.overflows = [0] * n
         self.patterns = []  # (class index, slab, amplitude, period, phase, bursty)
         for i in range(n):
-            c = MIN_CLASS + i
+            c = CLASSES[i]
+            lg = c // 2  # the size's log2, as the classes' were
             cap = self.cap(c)
-            threads = 12 if c < 12 else 6 if c < 20 else 3 if c < 27 else 1
-            extra = self.rng.randint(0, 6 if c < 22 else 2)
+            threads = 12 if lg < 12 else 6 if lg < 20 else 3 if lg < 27 else 1
+            extra = self.rng.randint(0, 6 if lg < 22 else 2)
             slabs = list(range(threads)) + self.rng.sample(range(threads, SLABS), extra)
             for s in slabs:
                 if cap > 64:
-                    amp = 3e5 * 0.58 ** (c - MIN_CLASS) * self.rng.uniform(0.3, 1.5)
+                    amp = 3e5 * 0.58 ** (lg - MIN_CLASS // 2) * self.rng.uniform(0.3, 1.5)
                 else:
                     amp = cap * self.rng.uniform(0.2, 0.95)
                 amp = min(cap - 1 if cap > 1 else 1, max(1, round(amp)))
@@ -68,7 +76,7 @@ class Heap:
 
     @staticmethod
     def cap(c):
-        return 1 << (SPAN_SHIFT - c)
+        return (1 << SPAN_SHIFT) // slot_size(c)
 
     def advance(self):
         with self.lock:
@@ -92,8 +100,8 @@ class Heap:
             return t
 
     def class_obj(self, i, per_slab_objects=False):
-        c = MIN_CLASS + i
-        size, cap = 1 << c, self.cap(c)
+        c = CLASSES[i]
+        size, cap = slot_size(c), self.cap(c)
         in_use, touched = sum(self.in_use[i]), sum(self.touched[i])
         allocs, frees = sum(self.allocs[i]), sum(self.frees[i])
         obj = {
@@ -117,8 +125,8 @@ class Heap:
         t = self.advance()
         with self.lock:
             if only_class is not None:
-                return self.class_obj(only_class - MIN_CLASS, per_slab_objects=True)
-            classes = [self.class_obj(i) for i in range(MAX_CLASS - MIN_CLASS + 1)]
+                return self.class_obj(CLASSES.index(only_class), per_slab_objects=True)
+            classes = [self.class_obj(i) for i in range(len(CLASSES))]
         keys = ("allocations", "frees", "bytes_in_use", "touched_bytes", "bytes_requested_total", "failovers", "overflows")
         totals = {k: sum(c[k] for c in classes) for k in keys}
         totals["blocks_in_use"] = sum(c["in_use"] for c in classes)
@@ -128,7 +136,7 @@ class Heap:
         totals["resident_bytes"] = int(min(totals["touched_bytes"], 3 << 30) * 0.85) + (6 << 20)
         totals["reserved_bytes"] = RESERVED
         return {
-            "schema_version": 1, "build": "release", "pid": os.getpid(), "uptime_seconds": round(t, 3),
+            "schema_version": 2, "build": "release", "pid": os.getpid(), "uptime_seconds": round(t, 3),
             "layout": {"span_shift": SPAN_SHIFT, "reserved_bytes": RESERVED, "min_class": MIN_CLASS,
                        "max_class": MAX_CLASS, "slabs_per_class": SLABS},
             "totals": totals, "classes": classes,
@@ -162,7 +170,7 @@ def make_handler(heap, outage):
                         only = int(q["class"][0])
                     except ValueError:
                         only = -1
-                    if not MIN_CLASS <= only <= MAX_CLASS:
+                    if only not in CLASSES:
                         return self.send(404, b'{"error":"no such class"}\n', "application/json")
                 body = json.dumps(heap.stats(only), separators=(",", ":")).encode() + b"\n"
                 return self.send(200, body, "application/json")

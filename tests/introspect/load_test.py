@@ -173,7 +173,7 @@ def percentile(sorted_xs, q):
     return sorted_xs[max(0, min(len(sorted_xs) - 1, math.ceil(q / 100.0 * len(sorted_xs)) - 1))]
 
 
-def load(port, requests, clients, keep_alive, min_class, max_class):
+def load(port, requests, clients, keep_alive, classes):
     """Fire the requests; returns (latencies in s, connect times in s, errors, seconds, requests sent)."""
     plan = []
     for i in range(requests):
@@ -181,7 +181,7 @@ def load(port, requests, clients, keep_alive, min_class, max_class):
         if kind in (0, 2):
             plan.append(("/stats", None))
         elif kind == 1:
-            cls = min_class + (i // 4) % (max_class - min_class + 1)
+            cls = classes[(i // 4) % len(classes)]
             plan.append((f"/stats?class={cls}", cls))
         else:
             plan.append(("/healthz", None))
@@ -261,20 +261,20 @@ def main():
         if port is None:
             failures.append("the endpoint never announced its port; stderr:\n" + app.stderr()[-2000:])
         else:
-            # The class range, from one request not counted in the load.
+            # The classes, from one request not counted in the load.
             try:
                 status, _, body, _, _ = fetch([None], port, "/stats", False)
-                layout = json.loads(body)["layout"] if status == 200 else None
+                classes = [c["class"] for c in json.loads(body)["classes"]] if status == 200 else None
             except Exception as e:
-                status, layout = f"{type(e).__name__}: {e}", None
-            if layout is None:
+                status, classes = f"{type(e).__name__}: {e}", None
+            if not classes:
                 failures.append(f"the first /stats failed: {status}")
             else:
                 rounds_at.append(app.rounds_done())
                 overflows_before = listen_overflows()
                 client_cpu0 = resource.getrusage(resource.RUSAGE_SELF)
                 latencies, connects, errors, load_secs, attempted = load(
-                    port, args.requests, args.clients, args.keep_alive, layout["min_class"], layout["max_class"])
+                    port, args.requests, args.clients, args.keep_alive, classes)
                 rounds_at.append(app.rounds_done())
                 overflows_after = listen_overflows()
                 client_cpu1 = resource.getrusage(resource.RUSAGE_SELF)

@@ -19,7 +19,7 @@ namespace smalloc {
 namespace {
 
 using TestHeap = Heap<ReleasePolicy>;
-constexpr unsigned kTestSpan = kMinSpanShift;  // 128 KiB slabs: every class fills quickly
+constexpr unsigned kTestSpan = kMinSpanShift;  // 256 KiB slabs: every class fills quickly
 
 Layout::Where where(const Layout& L, const void* p) {
   Layout::Where w{};
@@ -33,33 +33,57 @@ size_t resident_pages(const void* p, size_t bytes) {
   return size_t(std::count_if(v.begin(), v.end(), [](unsigned char c) { return c & 1; }));
 }
 
-TEST(Layout, SizeClassRoundsUpToAPowerOfTwoAndTheAlignment) {
+TEST(Layout, SizeClassIsTheSmallestClassThatHoldsTheRequestAlignedEnough) {
   EXPECT_EQ(size_class(0), kMinClass);
   EXPECT_EQ(size_class(1), kMinClass);
-  EXPECT_EQ(size_class(8), 3u);
-  EXPECT_EQ(size_class(9), 4u);
-  EXPECT_EQ(size_class(16), 4u);
-  EXPECT_EQ(size_class(17), 5u);
-  EXPECT_EQ(size_class(size_t{1} << 33), 33u);
-  EXPECT_EQ(size_class((size_t{1} << 33) + 1), 34u);
-  EXPECT_EQ(size_class(SIZE_MAX), 64u);
-  EXPECT_EQ(size_class(1, 64), 6u);
-  EXPECT_EQ(size_class(100, 4096), 12u);
-  EXPECT_EQ(size_class(5000, 4096), 13u);
+  EXPECT_EQ(size_class(8), 6u);    // 8 B
+  EXPECT_EQ(size_class(9), 8u);    // 16 B: no 12-byte class
+  EXPECT_EQ(size_class(16), 8u);
+  EXPECT_EQ(size_class(17), 10u);  // 32 B: no 24-byte class
+  EXPECT_EQ(size_class(33), 11u);  // 48 B
+  EXPECT_EQ(size_class(48), 11u);
+  EXPECT_EQ(size_class(49), 12u);   // 64 B
+  EXPECT_EQ(size_class(300), 17u);  // 384 B
+  EXPECT_EQ(size_class(4104), 25u);  // 6 KiB
+  EXPECT_EQ(size_class((size_t{3} << 19) + 1), 42u);  // past 1.5 MiB: 2 MiB
+  EXPECT_EQ(size_class((size_t{1} << 21) + 1), 44u);  // no 3 MiB class: 4 MiB
+  EXPECT_EQ(size_class(size_t{1} << 33), 66u);
+  EXPECT_EQ(size_class((size_t{1} << 33) + 1), 68u);
+  EXPECT_EQ(size_class(SIZE_MAX), 128u);
+  EXPECT_EQ(size_class(1, 64), 12u);
+  EXPECT_EQ(size_class(100, 4096), 24u);
+  EXPECT_EQ(size_class(3000, 1024), 23u);  // 3 KiB slots are 1 KiB-aligned
+  EXPECT_EQ(size_class(5000, 4096), 26u);  // 6 KiB slots are only 2 KiB-aligned: 8 KiB
+  // Every size up to 64 KiB, at every alignment up to its own: the class
+  // exists, holds it, is aligned enough, and no smaller class would do.
+  for (size_t size = 0; size <= 65536; ++size)
+    for (size_t align = 1; align <= std::max<size_t>(size, 1); align <<= 1) {
+      const unsigned c = size_class(size, align);
+      ASSERT_TRUE(class_exists(c)) << size << " " << align;
+      ASSERT_GE(class_bytes(c), size) << size;
+      ASSERT_GE(size_t{1} << class_align_shift(c), align) << size << " " << align;
+      for (unsigned smaller = kMinClass; smaller < c; ++smaller)
+        ASSERT_FALSE(class_exists(smaller) && class_bytes(smaller) >= size &&
+                     (size_t{1} << class_align_shift(smaller)) >= align)
+            << size << " " << align << ": class " << smaller << " would do, not " << c;
+      if (align == 1) ASSERT_EQ(c, size_class_computed(size, 1)) << size;  // malloc's table
+    }
 }
 
 // Pure arithmetic on the full-size layout (no reservation needed): every
 // class's first, second, middle and last slot in the first, second and last
 // slab decodes back to itself, from its first byte and from its last.
 TEST(Layout, EverySlotEdgeRoundTripsThroughItsAddress) {
-  const Layout L{uintptr_t{1} << 45, kMaxSpanShift};
+  const Layout L = Layout::decode(Layout::encode(uintptr_t{1} << 45, kMaxSpanShift));
   for (unsigned cls = kMinClass; cls <= L.max_class(); ++cls) {
-    uint32_t n = L.slots_per_slab(cls);
+    if (!class_exists(cls)) continue;
+    const uint32_t n = L.slots_per_slab(cls);
+    ASSERT_EQ(n, (size_t{1} << L.span_shift) / class_bytes(cls)) << cls;
     for (unsigned slab : {0u, 1u, kNumSlabs - 1}) {
       for (uint32_t index : {0u, 1u % n, n / 2, n - 1}) {
         char* p = L.slot(cls, slab, index);
-        ASSERT_EQ(reinterpret_cast<uintptr_t>(p) % (uintptr_t{1} << cls), 0u) << cls;
-        for (char* q : {p, p + (size_t{1} << cls) - 1}) {
+        ASSERT_EQ(reinterpret_cast<uintptr_t>(p) % (uintptr_t{1} << class_align_shift(cls)), 0u) << cls;
+        for (char* q : {p, p + class_bytes(cls) - 1}) {
           Layout::Where w = where(L, q);
           ASSERT_EQ(w.cls, cls);
           ASSERT_EQ(w.slab, slab);
@@ -71,7 +95,7 @@ TEST(Layout, EverySlotEdgeRoundTripsThroughItsAddress) {
 }
 
 TEST(Layout, AddressesOutsideTheSlotAreasAreNotOurs) {
-  const Layout L{uintptr_t{1} << 45, kMaxSpanShift};
+  const Layout L = Layout::decode(Layout::encode(uintptr_t{1} << 45, kMaxSpanShift));
   Layout::Where w;
   EXPECT_FALSE(L.locate(nullptr, w));
   EXPECT_FALSE(L.locate(reinterpret_cast<void*>(L.base - 1), w));
@@ -102,7 +126,7 @@ TEST(Heap, EveryPointerIsAlignedToItsSlotAndToTheRequest) {
   for (size_t align = 1; align <= (size_t{1} << kTestSpan); align <<= 1) {
     for (size_t size : {size_t{0}, size_t{1}, size_t{7}, size_t{24}, size_t{1000}, size_t{40000}}) {
       void* p = heap.allocate(size, align, Kind::Malloc);
-      if (size_class(size, align) > kTestSpan) {
+      if (size_class(size, align) > 2 * kTestSpan) {
         EXPECT_EQ(p, nullptr);
         continue;
       }
@@ -110,7 +134,9 @@ TEST(Heap, EveryPointerIsAlignedToItsSlotAndToTheRequest) {
       uintptr_t a = reinterpret_cast<uintptr_t>(p);
       EXPECT_EQ(a % align, 0u);
       // At the slot's start, or coloured (ReleasePolicy::on_alloc) kColour in.
-      const uintptr_t into = a % (uintptr_t{1} << size_class(size, align));
+      const Layout::Where w = where(heap.layout(), p);
+      EXPECT_EQ(w.cls, size_class(size, align));
+      const uintptr_t into = a - reinterpret_cast<uintptr_t>(heap.layout().slot(w.cls, w.slab, w.index));
       EXPECT_TRUE(into == 0 || into == ReleasePolicy::kColour) << size << " " << align << ": " << into;
       EXPECT_GE(heap.usable_size(p), size);
       heap.deallocate(p, Kind::Malloc);
@@ -122,9 +148,10 @@ TEST(Heap, EveryPointerIsAlignedToItsSlotAndToTheRequest) {
 // the next slab, fill all 64, watch it move to the next class; then free all
 // and find the slots again.
 TEST(Heap, AFullSlabFailsOverToTheOtherSlabsThenToTheNextClass) {
-  for (unsigned cls = kMinClass; cls <= kTestSpan; ++cls) {
+  for (unsigned cls = kMinClass; cls <= 2 * kTestSpan; ++cls) {
+    if (!class_exists(cls)) continue;
     TestHeap heap(kTestSpan);
-    const size_t size = size_t{1} << cls;
+    const size_t size = class_bytes(cls);
     void* first = heap.allocate(size, 1, Kind::Malloc);
     ASSERT_NE(first, nullptr);
     const Layout L = heap.layout();
@@ -149,7 +176,7 @@ TEST(Heap, AFullSlabFailsOverToTheOtherSlabsThenToTheNextClass) {
     void* overflow = heap.allocate(size, 1, Kind::Malloc);
     if (cls < L.max_class()) {
       ASSERT_NE(overflow, nullptr);
-      EXPECT_EQ(where(L, overflow).cls, cls + 1);
+      EXPECT_EQ(where(L, overflow).cls, class_exists(cls + 1) ? cls + 1 : cls + 2);
       heap.deallocate(overflow, Kind::Malloc);
     } else {
       EXPECT_EQ(overflow, nullptr);
@@ -250,7 +277,7 @@ TEST(Heap, ReallocIntoASmallerClassMovesAndFreesTheSlot) {
   TestHeap heap(kTestSpan);
   char* p = static_cast<char*>(heap.allocate(1000, 1, Kind::Malloc));
   for (int i = 0; i < 1000; ++i) p[i] = char(i % 251);
-  EXPECT_EQ(heap.reallocate(p, 513), p) << "still more than half the slot";
+  EXPECT_EQ(heap.reallocate(p, 769), p) << "still more than the class below holds";
   char* q = static_cast<char*>(heap.reallocate(p, 300));
   ASSERT_NE(q, nullptr);
   EXPECT_NE(q, p);
@@ -260,7 +287,7 @@ TEST(Heap, ReallocIntoASmallerClassMovesAndFreesTheSlot) {
   EXPECT_EQ(wrong, 0);
   EXPECT_EQ(heap.allocate(1000, 1, Kind::Malloc), p) << "the slot it left was not free again";
   EXPECT_EQ(heap.reallocate(q, 257), q);
-  EXPECT_EQ(heap.reallocate(q, 512), q);
+  EXPECT_EQ(heap.reallocate(q, 384), q);
 }
 
 // Past where growers start too, a shrink takes the smaller class: a grower
@@ -301,7 +328,7 @@ TEST(Heap, ABlockThatKeepsGrowingJumpsToTheGrowerClass) {
   ASSERT_NE(q, nullptr);
   EXPECT_EQ(q[999], 'x');
   EXPECT_EQ(where(heap.layout(), q).cls, kGrowerClass);
-  for (size_t size = kGrowerMin * 2; size <= (size_t{1} << kGrowerClass); size *= 2)
+  for (size_t size = kGrowerMin * 2; size <= class_bytes(kGrowerClass); size *= 2)
     EXPECT_EQ(heap.reallocate(q, size), q) << size;
 }
 
@@ -315,7 +342,7 @@ TEST(Heap, ABlockThatKeepsGrowingJumpsToTheGrowerClass) {
   if (!p) _exit(101);
   std::memset(p, 1, 1000);
   const Layout L = heap.layout();
-  void* largest = heap.allocate(size_t{1} << L.max_class(), 1, Kind::Malloc);
+  void* largest = heap.allocate(class_bytes(L.max_class()), 1, Kind::Malloc);
   if (!largest || !heap.owns(largest)) _exit(102);
   heap.deallocate(largest, Kind::Malloc);
   _exit(L.span_shift < kMaxSpanShift && L.size() < (size_t{6} << 30) ? int(L.span_shift) : 103);

@@ -31,8 +31,20 @@
 
 namespace {
 
-constexpr size_t kSize = 200;  // class 8: no other test here uses it
+constexpr size_t kSize = 200;  // 256-byte slots: no other test here uses them
 constexpr int kBlocks = 3000;
+
+// The size class whose slots hold `size` bytes (smalloc.h: class c has slots
+// of 2^(c/2) bytes if c is even, 1.5 * 2^(c/2) if odd, the odd ones only
+// from 48 bytes to 1.5 MiB).
+constexpr unsigned ClassOfSize(size_t size) {
+  for (unsigned c = 6;; ++c) {
+    const size_t bytes = size_t(2 + (c & 1)) << (c / 2 - 1);
+    if ((c % 2 == 0 || (c >= 11 && c <= 41)) && bytes >= size) return c;
+  }
+}
+// A block's: it ends where its slot ends, and starts at most 64 bytes into it.
+unsigned ClassOf(const void* p) { return ClassOfSize(smalloc_malloc_usable_size(const_cast<void*>(p))); }
 
 smalloc_class_stats ClassStats(unsigned cls) {
   auto s = std::make_unique<smalloc_stats>();
@@ -97,7 +109,7 @@ TEST(Reuse, SlotsAThreadFreedItselfOutliveItAndAreReusedByTheNextThread) {
     first = AllocateBlocks(kSize, kBlocks);
     for (void* p : first) smalloc_free(p);  // onto the thread's private lists
   }).join();
-  const unsigned cls = unsigned(__builtin_ctzll(smalloc_malloc_usable_size(first[0])));
+  const unsigned cls = ClassOf(first[0]);
   const auto touched = Touched(cls);
   std::vector<void*> second;
   std::thread([&] { second = AllocateBlocks(kSize, kBlocks); }).join();
@@ -108,13 +120,13 @@ TEST(Reuse, SlotsAThreadFreedItselfOutliveItAndAreReusedByTheNextThread) {
 }
 
 TEST(Reuse, AThreadTakesSlotsFreedInAnotherSlabBeforeTouchingNewMemory) {
-  constexpr size_t kOther = 3000;  // class 12
+  constexpr size_t kOther = 3000;  // 3 KiB slots
   // A producer allocates, the main thread frees: the slots are free in the
   // producer's slab, which stays alive (and so stays the producer's).
   std::vector<void*> produced;
   ParkedThread producer([&] { produced = AllocateBlocks(kOther, kBlocks); });
   for (void* p : produced) smalloc_free(p);
-  const unsigned cls = unsigned(__builtin_ctzll(smalloc_malloc_usable_size(produced[0])));
+  const unsigned cls = ClassOf(produced[0]);
   const auto touched = Touched(cls);
 
   std::vector<void*> consumer_blocks;
@@ -133,8 +145,8 @@ TEST(Reuse, AThreadTakesSlotsFreedInAnotherSlabBeforeTouchingNewMemory) {
 // (FreeListHead::remote) until the owner's own ones run out: then the owner
 // takes them all, before any new slot.
 TEST(Reuse, TheOwnerTakesWhatOtherThreadsFreedIntoItsSlabBeforeNewMemory) {
-  constexpr size_t kSmall = 48;  // class 6: new slots come 64 at a time
-  const unsigned cls = 6;
+  constexpr size_t kSmall = 48;  // 48-byte slots: new slots come 64 at a time
+  const unsigned cls = ClassOfSize(kSmall);
   smalloc_free(smalloc_malloc(kSize));  // the main thread has its slab (another class)
   std::vector<void*> first, second;
   std::barrier sync(2);
@@ -163,8 +175,8 @@ TEST(Reuse, TheOwnerTakesWhatOtherThreadsFreedIntoItsSlabBeforeNewMemory) {
 // What other threads freed into a slab whose owner did not follow a fork is
 // still there in the child, and taken before new memory.
 TEST(Reuse, AForkChildTakesWhatOtherThreadsFreedIntoADeadThreadsSlab) {
-  constexpr size_t kSmall = 40;  // class 6, as above; no other test here forks with it
-  const unsigned cls = 6;
+  constexpr size_t kSmall = 40;  // 48-byte slots, as above; no other test here forks with them
+  const unsigned cls = ClassOfSize(kSmall);
   smalloc_free(smalloc_malloc(kSize));  // the main thread has its slab (another class)
   std::vector<void*> produced;
   ParkedThread owner([&] { produced = AllocateBlocks(kSmall, kBlocks); });
@@ -189,14 +201,14 @@ TEST(Reuse, AForkChildTakesWhatOtherThreadsFreedIntoADeadThreadsSlab) {
 // A live thread keeps at most 1 MiB of a class on its private list: the rest
 // of what it frees is at once available to the other threads.
 TEST(Reuse, ALiveThreadsPrivateListIsBounded) {
-  constexpr size_t kKiB = 1000;  // class 10: 1 KiB slots
+  constexpr size_t kKiB = 1000;  // 1 KiB slots
   constexpr int kMany = 4096;    // 4 MiB of slots
   std::vector<void*> freed;
   ParkedThread owner([&] {
     freed = AllocateBlocks(kKiB, kMany);
     for (void* p : freed) smalloc_free(p);  // its own slab: private list first
   });
-  const unsigned cls = 10;
+  const unsigned cls = ClassOfSize(kKiB);
   const auto touched = Touched(cls);
   const int kept_private = (1 << 20) / 1024;
   std::vector<void*> other;
@@ -209,7 +221,7 @@ TEST(Reuse, ALiveThreadsPrivateListIsBounded) {
 // shared list in address order, as many as the list holds at a time, so that
 // whoever takes them next takes them together in memory however they were
 // freed.
-constexpr size_t kSixteenKiB = 16000;  // class 14: a private list of 64 slots
+constexpr size_t kSixteenKiB = 16000;  // 16 KiB slots: a private list of 64 slots
 constexpr int kListed = 64;
 
 TEST(Reuse, FreesBeyondTheThreadsListReachTheSharedListInAddressOrder) {
@@ -240,7 +252,7 @@ std::vector<void*> TakeLeftovers(unsigned cls, size_t size) {
 
 TEST(Reuse, StagedFreeSlotsAreTakenBeforeNewMemory) {
   constexpr int kMany = kListed + 10;  // 10 staged, too few to go to the shared list yet
-  const unsigned cls = 14;
+  const unsigned cls = ClassOfSize(kSixteenKiB);
   std::thread([&] {
     const std::vector<void*> leftovers = TakeLeftovers(cls, kSixteenKiB);
     std::vector<void*> v = AllocateBlocks(kSixteenKiB, kMany);
@@ -257,7 +269,7 @@ TEST(Reuse, StagedFreeSlotsAreTakenBeforeNewMemory) {
 // The next thread takes the exited one's slab, and with it what it staged.
 TEST(Reuse, StagedFreeSlotsOutliveTheThread) {
   constexpr int kMany = kListed + 10;
-  const unsigned cls = 14;
+  const unsigned cls = ClassOfSize(kSixteenKiB);
   std::vector<void*> first, leftovers, second;
   std::thread([&] {
     leftovers = TakeLeftovers(cls, kSixteenKiB);  // freed only at the end: the slab holds first's slots alone
@@ -342,8 +354,8 @@ void ExpectTheLastFreedBufferKeptAndOnlyThatOne(size_t big) {
 // from its slab after them: they become never-used again, neither counted
 // as touched nor written.
 TEST(Reuse, NewSlotsAThreadTookAheadAreUntouchedAgainWhenItExits) {
-  constexpr size_t kEight = 8;  // class 3
-  const unsigned cls = 3;
+  constexpr size_t kEight = 8;  // 8-byte slots
+  const unsigned cls = ClassOfSize(kEight);
   smalloc_free(smalloc_malloc(kSize));  // the heap is set up (another class)
   const auto before = Touched(cls);
   std::vector<void*> first;
@@ -370,8 +382,8 @@ TEST(Reuse, NewSlotsAThreadTookAheadAreUntouchedAgainWhenItExits) {
 // go onto that list instead, and the next allocations take them before any
 // new slot.
 TEST(Reuse, NewSlotsAThreadTookAheadGoBackOnItsListWhenItExits) {
-  constexpr size_t kEight = 8;  // class 3
-  const unsigned cls = 3;
+  constexpr size_t kEight = 8;  // 8-byte slots
+  const unsigned cls = ClassOfSize(kEight);
   smalloc_free(smalloc_malloc(kSize));  // the heap is set up (another class)
   std::vector<void*> first;
   void* looked = nullptr;
@@ -423,8 +435,8 @@ TEST(Reuse, AFreedBufferOfMoreThanSixteenMiBGoesBack) {
 // be free for the child's threads, and the slots on their private lists found
 // again before new memory is touched. The child reports by exit status.
 TEST(Reuse, AForkChildTakesOverWhatThreadsThatDidNotFollowLeft) {
-  constexpr size_t kListed = 3000;  // class 12: no other test here uses it
-  constexpr size_t kProbe = 100;    // class 7: idem
+  constexpr size_t kListed = 3000;  // 3 KiB slots: no other test here uses them
+  constexpr size_t kProbe = 100;    // 128-byte slots: idem
   constexpr int kThreads = 8, kEach = 200;  // 800 KiB each: all on the thread's private list
   smalloc_free(smalloc_malloc(kProbe));
   std::vector<std::unique_ptr<ParkedThread>> parked;
@@ -433,7 +445,7 @@ TEST(Reuse, AForkChildTakesOverWhatThreadsThatDidNotFollowLeft) {
       for (void* p : AllocateBlocks(kListed, kEach)) smalloc_free(p);
     }));
   void* probe = smalloc_malloc(kListed);
-  const unsigned listed_cls = unsigned(__builtin_ctzll(smalloc_malloc_usable_size(probe)));
+  const unsigned listed_cls = ClassOf(probe);
   smalloc_free(probe);
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
@@ -448,7 +460,7 @@ TEST(Reuse, AForkChildTakesOverWhatThreadsThatDidNotFollowLeft) {
     // Every slab but this thread's is free again: 63 threads alive at once
     // each get one of their own.
     void* mine = smalloc_malloc(kProbe);
-    const unsigned probe_cls = unsigned(__builtin_ctzll(smalloc_malloc_usable_size(mine)));
+    const unsigned probe_cls = ClassOf(mine);
     std::barrier all_hold(SMALLOC_SLABS_PER_CLASS);
     std::barrier counted(SMALLOC_SLABS_PER_CLASS);
     std::vector<std::thread> threads;
@@ -481,10 +493,10 @@ TEST(Reuse, AForkChildTakesOverWhatThreadsThatDidNotFollowLeft) {
 // (Touched counts the never-used slots a thread takes in a run beyond the
 // last one it handed out too: fewer than a run, 64 slots of this class.)
 TEST(Trim, ASlabWhoseSlotsAreAllFreeGivesBackEveryPage) {
-  constexpr size_t kSmall = 50;  // class 6: no other test here uses it
+  constexpr size_t kSmall = 50;  // 64-byte slots: no other test here uses them
   constexpr int kMany = 1 << 18;  // 16 MiB of slots
   constexpr unsigned long long kRun = 64;
-  const unsigned cls = 6;
+  const unsigned cls = ClassOfSize(kSmall);
   smalloc_free(smalloc_malloc(1));  // the heap is set up (another class)
   const auto before = Touched(cls);
   std::vector<void*> blocks = AllocateTouched(kSmall, kMany, 0xa5);
@@ -507,7 +519,7 @@ TEST(Trim, ASlabWhoseSlotsAreAllFreeGivesBackEveryPage) {
 // their contents, the free slots among them are handed out first, and no slot
 // is handed out twice.
 TEST(Trim, OnlyTheFreeTopOfASlabGoesBackAndLiveBlocksKeepTheirBytes) {
-  constexpr size_t kMid = 400;  // class 9: no other test here uses it
+  constexpr size_t kMid = 400;  // 512-byte slots: no other test here uses them
   constexpr int kHalf = 20000;  // 10 MiB of slots in each half
   std::vector<void*> blocks = AllocateBlocks(kMid, 2 * kHalf);
   std::sort(blocks.begin(), blocks.end());
@@ -538,15 +550,15 @@ TEST(Trim, OnlyTheFreeTopOfASlabGoesBackAndLiveBlocksKeepTheirBytes) {
 // Without malloc_trim: a thread that frees much of one size and then touches
 // more than 32 MiB of new memory in another gives the first back on the way.
 TEST(Trim, GrowingInOneClassGivesBackWhatAnotherFreed) {
-  constexpr size_t kTiny = 24;     // class 5: no other test here uses it
+  constexpr size_t kTiny = 24;     // 32-byte slots: no other test here uses them
   constexpr int kMany = 1 << 15;   // 1 MiB of slots: a list within the automatic trim's budget
-  constexpr size_t kPage8 = 6000;  // class 13: idem
-  constexpr int kGrow = 12000;     // 96 MiB of new slots
+  constexpr size_t kPage6 = 6000;  // 6 KiB slots, a page and a half: idem
+  constexpr int kGrow = 12000;     // 72 MiB of new slots
   std::vector<void*> tiny = AllocateTouched(kTiny, kMany, 0x3c);
   const auto [start, span] = Spanned(tiny, 32);
   for (void* p : tiny) smalloc_free(p);
   EXPECT_GE(ResidentPages(start, span), span / size_t(sysconf(_SC_PAGESIZE)) - 1) << "nothing given back yet";
-  std::vector<void*> grown = AllocateTouched(kPage8, kGrow, 0x5d);
+  std::vector<void*> grown = AllocateTouched(kPage6, kGrow, 0x5d);
   EXPECT_EQ(ResidentPages(start, span), 0u) << "the freed slots' pages were not given back while the heap grew";
   for (void* p : grown) smalloc_free(p);
 }
@@ -555,7 +567,7 @@ TEST(Trim, GrowingInOneClassGivesBackWhatAnotherFreed) {
 // is kept (4 to 16 MiB), which allocate off the fast path: their new slots
 // count towards the automatic trim too.
 TEST(Trim, GrowingInLargeBlocksGivesBackWhatAnotherClassFreed) {
-  constexpr size_t kTiny = 24;  // class 5
+  constexpr size_t kTiny = 24;  // 32-byte slots
   constexpr int kMany = 1 << 15;
   std::vector<void*> tiny = AllocateTouched(kTiny, kMany, 0x3c);
   const auto [start, span] = Spanned(tiny, 32);
@@ -571,12 +583,12 @@ TEST(Trim, GrowingInLargeBlocksGivesBackWhatAnotherClassFreed) {
 // worth, and the thread takes 32 MiB of new slots (one automatic trim) at a
 // time.
 TEST(Trim, AListLongerThanTheBudgetIsTrimmedABudgetAtATime) {
-  constexpr size_t kSixteen = 16;  // class 4: no other test here uses it
+  constexpr size_t kSixteen = 16;  // 16-byte slots: no other test here uses them
   // A list of two budgets' worth, with the never-used slots the thread took
   // beyond the last block it allocated (fewer than 64), which go back to the
   // list with its private list when the first trim begins.
   constexpr int kMany = (1 << 17) - 64;
-  constexpr size_t kBig = 12000;   // class 14: idem
+  constexpr size_t kBig = 16000;   // 16 KiB slots: idem
   constexpr int kGrow = 2048;      // 32 MiB of new slots
   std::vector<void*> small = AllocateTouched(kSixteen, kMany, 0x11);
   const auto [start, span] = Spanned(small, 16);
@@ -593,15 +605,15 @@ TEST(Trim, AListLongerThanTheBudgetIsTrimmedABudgetAtATime) {
 // What a trim cut short holds off the list goes back as soon as a thread
 // would otherwise take a never-used slot of that class: it is free memory.
 TEST(Trim, SlotsAWalkCutShortHoldsGoBackBeforeNewMemory) {
-  constexpr size_t kSixteen = 16;  // class 4
+  constexpr size_t kSixteen = 16;  // 16-byte slots
   constexpr int kMany = 1 << 17;
-  constexpr size_t kBig = 12000;  // class 14
+  constexpr size_t kBig = 16000;  // 16 KiB slots
   constexpr int kGrow = 2048;
   for (void* p : AllocateTouched(kSixteen, kMany, 0x11)) smalloc_free(p);
   std::vector<void*> grown = AllocateTouched(kBig, kGrow, 0x22);  // the first half walked, and held
-  const auto touched = Touched(4);
+  const auto touched = Touched(ClassOfSize(kSixteen));
   std::vector<void*> again = AllocateBlocks(kSixteen, kMany);
-  EXPECT_EQ(Touched(4), touched) << "new slots were taken while a trim held free ones";
+  EXPECT_EQ(Touched(ClassOfSize(kSixteen)), touched) << "new slots were taken while a trim held free ones";
   EXPECT_EQ(std::set<void*>(again.begin(), again.end()).size(), again.size());
   for (void* p : again) smalloc_free(p);
   for (void* p : grown) smalloc_free(p);
@@ -612,9 +624,9 @@ TEST(Trim, SlotsAWalkCutShortHoldsGoBackBeforeNewMemory) {
 // puts the held part back): every block keeps its bytes, no slot is handed
 // out twice, and none is lost: once all are free, the slab trims to nothing.
 TEST(Trim, AWalkCutShortWhileThreadsAllocateLosesNothing) {
-  constexpr size_t kSmall = 24;  // class 5
-  const unsigned cls = 5;
-  constexpr size_t kBig = 12000;  // class 14: new slots, never touched
+  constexpr size_t kSmall = 24;  // 32-byte slots
+  const unsigned cls = ClassOfSize(kSmall);
+  constexpr size_t kBig = 16000;  // 16 KiB slots: new slots, never touched
   std::thread([&] {
     for (void* p : AllocateBlocks(kSmall, 300000)) smalloc_free(p);  // shared once the thread exits
   }).join();
@@ -664,7 +676,7 @@ TEST(Trim, AWalkCutShortWhileThreadsAllocateLosesNothing) {
 // but not again when nothing was freed since malloc_trim did). Live blocks keep
 // their bytes, and the freed slots come back zero-filled by calloc.
 TEST(Trim, MallocTrimGivesBackAllButTheFirstPageOfEveryFreeSlot) {
-  constexpr size_t kBlock = 40000;  // class 16: no other test here uses it
+  constexpr size_t kBlock = 40000;  // 48 KiB slots, 12 pages each: no other test here uses them
   constexpr int kCount = 200;
   const size_t page = size_t(sysconf(_SC_PAGESIZE));
   std::vector<void*> blocks = AllocateTouched(kBlock, kCount, 0x6b);
@@ -676,7 +688,7 @@ TEST(Trim, MallocTrimGivesBackAllButTheFirstPageOfEveryFreeSlot) {
     }
   // 32 MiB of new slots: an automatic trim walks the list first, and gives
   // back no such pages (one call per slot would stall that malloc).
-  std::vector<void*> grown = AllocateBlocks(12000, 2048);
+  std::vector<void*> grown = AllocateBlocks(16000, 2048);
   size_t resident = 0;
   for (void* p : freed) resident += ResidentPages(p, kBlock);
   EXPECT_GT(resident, freed.size());
@@ -705,7 +717,7 @@ TEST(Trim, MallocTrimGivesBackAllButTheFirstPageOfEveryFreeSlot) {
 // Locked pages cannot be discarded: trimming must then keep the slots as
 // used ones, which calloc clears, not call them untouched (and so zero).
 TEST(Trim, LockedPagesAreKeptAndCallocStillClears) {
-  constexpr size_t kLarge = 20000;  // class 15: no other test here uses it
+  constexpr size_t kLarge = 20000;  // 24 KiB slots: no other test here uses them
   constexpr int kCount = 40;
   std::vector<void*> blocks = AllocateTouched(kLarge, kCount, 0xee);
   const auto [start, span] = Spanned(blocks, kLarge);
@@ -722,7 +734,7 @@ TEST(Trim, LockedPagesAreKeptAndCallocStillClears) {
 // once unlocked: a trim that could not give everything back is not taken as
 // done (which would skip the list until something more is freed into it).
 TEST(Trim, PagesTheKernelKeptGoBackOnTheNextMallocTrim) {
-  constexpr size_t kBlock = 70000;  // class 17: no other test here uses it
+  constexpr size_t kBlock = 70000;  // 96 KiB slots: no other test here uses them
   constexpr int kCount = 40;
   std::vector<void*> blocks = AllocateTouched(kBlock, kCount, 0x3c);
   const auto [start, span] = Spanned(blocks, kBlock);
@@ -745,7 +757,7 @@ TEST(Trim, PagesTheKernelKeptGoBackOnTheNextMallocTrim) {
 // Slots freed while a malloc_trim holds their list go back in front of it
 // unwalked: the next malloc_trim must walk them, not take the list as trimmed.
 TEST(Trim, SlotsFreedDuringAMallocTrimAreTrimmedByTheNext) {
-  constexpr size_t kBlock = 200000;  // class 18: no other test here uses it
+  constexpr size_t kBlock = 200000;  // 256 KiB slots: no other test here uses them
   constexpr int kCount = 1000, kLate = 200;
   std::atomic<int> phase{0};
   std::vector<void*> late;
@@ -831,8 +843,8 @@ TEST(Trim, TrimmingWhileThreadsAllocateLosesNothing) {
   // when they exited): a slot lost while the lists were taken apart would
   // keep the top of its slab from being given back.
   smalloc_malloc_trim(0);
-  EXPECT_EQ(Touched(9), 0u);
-  EXPECT_EQ(Outstanding(9), 0) << "the counts missed slots handed from a private list back to the shared ones";
+  EXPECT_EQ(Touched(ClassOfSize(kMid)), 0u);
+  EXPECT_EQ(Outstanding(ClassOfSize(kMid)), 0) << "the counts missed slots handed from a private list back to the shared ones";
 }
 
 // malloc_trim from several threads at once: one trims, the others wait
@@ -861,7 +873,7 @@ TEST(Reuse, AThreadThatSharesASlabTakesFreeSlotsOfOthersBeforeNewMemory) {
   for (int t = 1; t < SMALLOC_SLABS_PER_CLASS; ++t)
     owners.push_back(std::make_unique<ParkedThread>([] { smalloc_free(smalloc_malloc(1)); }));
   std::vector<void*> blocks = AllocateBlocks(kSize, kBlocks);
-  const unsigned cls = unsigned(__builtin_ctzll(smalloc_malloc_usable_size(blocks[0])));
+  const unsigned cls = ClassOf(blocks[0]);
   // The first sharer frees them: onto the main thread's slab's shared list.
   std::thread([&] {
     for (void* p : blocks) smalloc_free(p);
@@ -877,8 +889,8 @@ TEST(Reuse, AThreadThatSharesASlabTakesFreeSlotsOfOthersBeforeNewMemory) {
 // In a fork child, the slots that threads which did not follow it took
 // ahead go back as their other slots do: here, untouched again.
 TEST(Reuse, AForkChildGetsBackTheNewSlotsItsDeadThreadsTookAhead) {
-  constexpr size_t kEight = 8;  // class 3
-  const unsigned cls = 3;
+  constexpr size_t kEight = 8;  // 8-byte slots
+  const unsigned cls = ClassOfSize(kEight);
   smalloc_free(smalloc_malloc(kSize));  // the heap is set up (another class)
   ParkedThread parked([] { AllocateBlocks(kEight, 100); });  // kept: never freed
   ASSERT_GT(Touched(cls), 100u) << "no slots were taken ahead: this test proves nothing";
@@ -926,8 +938,8 @@ TEST(Reuse, AForkChildWritesIntoNoneOfTheSlotsItsDeadThreadsHeld) {
 // heap.cpp documents), which is not what this tests; `freeing` keeps the
 // fork out of it.
 TEST(Trim, AForkDuringATrimLeavesTheChildEveryFreeSlot) {
-  constexpr size_t kSmall = 24;  // class 5
-  const unsigned cls = 5;
+  constexpr size_t kSmall = 24;  // 32-byte slots
+  const unsigned cls = ClassOfSize(kSmall);
   std::vector<void*> pool;
   std::thread([&] {
     std::vector<void*> v = AllocateBlocks(kSmall, 200000);
@@ -980,7 +992,7 @@ TEST(Trim, AListThatRepeatsASlotIsLeftAlone) {
   ASSERT_GE(pid, 0);
   if (pid == 0) {
     alarm(20);
-    constexpr size_t kOdd = 1500;  // class 11: no other test here uses it
+    constexpr size_t kOdd = 1500;  // 1.5 KiB slots: no other test here uses them
     std::vector<void*> v = AllocateBlocks(kOdd, 2000);
     for (void* p : v) smalloc_free(p);
     smalloc_free(v[1500]);  // beyond the private list: onto the shared one again

@@ -23,10 +23,16 @@ std::unique_ptr<smalloc_stats> Snapshot() {
   return s;
 }
 
-// The size class (log2 of the slot) smalloc_malloc(n) uses.
+// The size class a block is in: the smallest whose slots hold its usable
+// size (a block ends where its slot ends, and may start 64 bytes past the
+// slot's start, less than the gap between two classes that large).
 unsigned ClassOf(void* p) {
-  // A block ends where its slot ends (it may start a little past the slot).
-  return unsigned(std::bit_width(smalloc_malloc_usable_size(p) - 1));
+  auto s = Snapshot();
+  const size_t usable = smalloc_malloc_usable_size(p);
+  for (unsigned cls = s->min_class; cls <= s->max_class; ++cls)
+    if (s->classes[cls].slot_size >= usable) return cls;
+  ADD_FAILURE() << "no class holds " << usable << " bytes";
+  return 0;
 }
 
 // Which slab of its class a block is in: the slab whose in_use moved.
@@ -56,10 +62,19 @@ TEST(Stats, SnapshotDescribesTheLayout) {
   EXPECT_LT(s->max_class, unsigned(SMALLOC_MAX_CLASSES));
   EXPECT_GT(s->reserved_bytes, 0ull);
   EXPECT_GT(s->resident_bytes, 0ull);
+  unsigned long long previous = 0;
   for (unsigned cls = s->min_class; cls <= s->max_class; ++cls) {
     const smalloc_class_stats& c = s->classes[cls];
+    // Class c: 2^(c/2) bytes if even, 1.5 * 2^(c/2) if odd, where it exists.
+    const unsigned long long bytes = (2ull + (cls & 1)) << (cls / 2 - 1);
+    if (c.slot_size == 0) {
+      EXPECT_EQ(cls % 2, 1u) << "every even class exists";
+      continue;
+    }
     EXPECT_EQ(c.size_class, cls);
-    EXPECT_EQ(c.slot_size, 1ull << cls);
+    EXPECT_EQ(c.slot_size, bytes);
+    EXPECT_GT(c.slot_size, previous);
+    previous = c.slot_size;
     EXPECT_EQ(c.capacity, c.slots_per_slab * SMALLOC_SLABS_PER_CLASS);
     for (const smalloc_slab_stats& b : c.slabs) EXPECT_EQ(b.capacity, c.slots_per_slab);
   }
@@ -138,8 +153,8 @@ TEST(Stats, AFullClassCountsOverflows) {
   // The next-to-largest class: few slots, and never touched by the release
   // build, so filling it costs address space only.
   auto before = Snapshot();
-  const unsigned cls = before->max_class - 1;
-  const size_t size = size_t{1} << cls;
+  const unsigned cls = before->max_class - 2;  // (max_class - 1 is an odd class that does not exist)
+  const size_t size = before->classes[cls].slot_size;
   const unsigned long long capacity = before->classes[cls].capacity - before->classes[cls].in_use;
   std::vector<void*> blocks;
   for (unsigned long long i = 0; i < capacity + 2; ++i) {
@@ -149,7 +164,7 @@ TEST(Stats, AFullClassCountsOverflows) {
   auto after = Snapshot();
   EXPECT_EQ(after->classes[cls].in_use, after->classes[cls].capacity);
   EXPECT_EQ(after->classes[cls].overflows - before->classes[cls].overflows, 2u);
-  EXPECT_EQ(after->classes[cls + 1].in_use - before->classes[cls + 1].in_use, 2u);
+  EXPECT_EQ(after->classes[cls + 2].in_use - before->classes[cls + 2].in_use, 2u);
   for (void* p : blocks) smalloc_free(p);
 }
 
