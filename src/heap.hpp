@@ -186,7 +186,7 @@ class Heap {
   [[gnu::always_inline]] static void* allocate_listed(unsigned cls, size_t size, size_t align, Kind kind, bool zero) {
     if constexpr (kProcessHeap) {
       // Only slots of a class the layout has, of the thread's own slab, are
-      // ever on its list: nothing else to check (cls may be up to 64).
+      // ever on its list: nothing else to check (cls may be up to 128).
       if (char* slot = cls < kDiscardClass ? t_thread.own_head[cls] : nullptr; slot != nullptr) {
         // (Not prefetching the next one, as FreeLists::pop does: its line is
         // most often this thread's and cached, and binary-trees ran 5% slower.)

@@ -32,7 +32,8 @@ struct ReleasePolicy {
   // sqlite's reads took twice the system time. Not the grower class
   // (realloc's 2 MiB growth would not fit) nor alignments above kColour,
   // which the slot gives for free. A block still ends where its slot ends,
-  // and free() finds the slot by masking, as for any interior pointer.
+  // and free() finds the slot by masking (kColour is below the alignment of
+  // every coloured class).
   static constexpr size_t kColour = 64;
   static constexpr unsigned kColourMinClass = 24, kColourMaxClass = 40;  // 4 KiB, 1 MiB
   // Per class, the sizes below this are coloured (0: none). A table, not a

@@ -181,7 +181,7 @@ void retire_own(const Layout& L, unsigned slab, const OwnSlabCounters& own) {
 HeapTotals heap_totals() noexcept {
   HeapTotals t{};
   huge::totals(t.mapped_blocks, t.mapped_bytes);
-  // A snapshot is some 90 KiB: too much for a small thread stack.
+  // A snapshot is some 180 KiB: too much for a small thread stack.
   auto* snapshot = static_cast<smalloc_stats*>(pal::map(sizeof(smalloc_stats)));
   if (!snapshot) return t;
   if (smalloc_stats_snapshot(snapshot) == 0) {

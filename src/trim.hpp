@@ -168,9 +168,11 @@ class Trimmer {
                                          std::memory_order_acquire));
     const uint32_t taken_at = uint32_t(old >> 32) + 1;  // the push count while the list is off its head
     const auto marked = [marks](uint32_t i) { return (marks[i / 64] >> (i % 64)) & 1; };
-    // fn(index) for every marked slot below `end`, highest first.
+    // fn(index) for every marked slot below `end`, highest first. (Words
+    // below `end` only: the bitmap ends where a full slab of the smallest
+    // class ends.)
     const auto each_marked_below = [marks](uint32_t end, auto fn) {
-      for (uint32_t word = end / 64 + 1; word-- > 0;)
+      for (uint32_t word = (end + 63) / 64; word-- > 0;)
         for (uint64_t bits = marks[word]; bits != 0;) {
           const unsigned bit = 63 - unsigned(__builtin_clzll(bits));
           bits &= ~(uint64_t{1} << bit);
@@ -289,8 +291,11 @@ class Trimmer {
     pending_ = p;
     pending_where_.store(p.last ? p.cls * kNumSlabs + p.slab : ~0u, std::memory_order_relaxed);
   }
+  // The words of the first `slots` bits, and no more: a word past the end
+  // of the bitmap was a page of whatever mapping followed it, which discard
+  // zeroed (the trim of a full slab of 8-byte slots).
   void clear_marks(uint32_t slots) {
-    const size_t bytes = (size_t(slots) / 64 + 1) * sizeof(uint64_t);
+    const size_t bytes = (size_t(slots) + 63) / 64 * sizeof(uint64_t);
     if (!pal::discard(trim_marks_, bytes)) std::memset(trim_marks_, 0, bytes);
   }
 

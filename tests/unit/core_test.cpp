@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <barrier>
 #include <cstdlib>
+#include <cstring>
 #include <set>
 #include <thread>
 #include <vector>
@@ -190,6 +191,28 @@ TEST(Heap, AFullSlabFailsOverToTheOtherSlabsThenToTheNextClass) {
       ASSERT_TRUE(distinct.count(p));
     }
   }
+}
+
+// The trim's bitmap of marked slots holds exactly a full slab of the
+// smallest class: trimming that slab must clear the bitmap and nothing after
+// it. The bitmap (one page at this span) is reserved by the first trim, when
+// the only one-page gap around is the hole left below `data`.
+TEST(Heap, TrimmingAFullSlabOfTheSmallestSlotsTouchesNoOtherMapping) {
+  TestHeap heap(kTestSpan);
+  void* first = heap.allocate(8, 1, Kind::Malloc);
+  ASSERT_NE(first, nullptr);
+  const uint32_t per_slab = heap.layout().slots_per_slab(size_class(8));
+  for (uint32_t i = 1; i < per_slab; ++i) ASSERT_NE(heap.allocate(8, 1, Kind::Malloc), nullptr);
+  heap.deallocate(first, Kind::Malloc);
+  auto* data = static_cast<unsigned char*>(
+      mmap(nullptr, 3 * pal::kPageSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(data, MAP_FAILED);
+  std::memset(data, 0x5a, 3 * pal::kPageSize);
+  munmap(data, pal::kPageSize);
+  heap.trim();
+  EXPECT_EQ(std::count(data + pal::kPageSize, data + 3 * pal::kPageSize, 0x5a), std::ptrdiff_t(2 * pal::kPageSize))
+      << "the trim cleared memory past its bitmap";
+  munmap(data + pal::kPageSize, 2 * pal::kPageSize);
 }
 
 TEST(Heap, ExhaustionReturnsNullWithEnomem) {
