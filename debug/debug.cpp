@@ -238,6 +238,8 @@ void mark_reserved(void* base, size_t bytes, size_t heads_bytes) {
   // heads (area 0) are the allocator's own and always accessible.
   VALGRIND_MAKE_MEM_NOACCESS(base, bytes);
   VALGRIND_MAKE_MEM_DEFINED(base, heads_bytes);
+  // The counters' area (stats.hpp), as large as area 0.
+  VALGRIND_MAKE_MEM_DEFINED(static_cast<char*>(base) + stats::kCountersArea * heads_bytes, heads_bytes);
 }
 
 void* allocate_fill(char* slot, unsigned cls, size_t size, size_t align, Kind kind, bool zero) {

@@ -411,7 +411,7 @@ class Heap {
     while (uint32_t(old) == first + count && first + count != L.slots_per_slab(cls)) {
       if (head.compare_exchange_weak(old, (old & kCountMask) | first, std::memory_order_release,
                                      std::memory_order_relaxed)) {
-        if constexpr (Policy::kStats) stats::add(stats::row(L, 0, true).slab[cls][w.slab].fresh, 0 - uint64_t(count), true);
+        if constexpr (Policy::kStats) stats::add(stats::row(L, 0, true).at(cls, w.slab).fresh, 0 - uint64_t(count), true);
         return;
       }
     }
@@ -515,7 +515,7 @@ class Heap {
       return;
     }
     if constexpr (Policy::kStats) {
-      if (r.valid) stats::add(stats::area(L).rows[me].slab[cls][slab].frees, 1, false);
+      if (r.valid) stats::add(stats::area(L).rows[me].at(cls, slab).frees, 1, false);
     }
     if (r.slot) recycle_remote(L, {cls, slab, L.index_of(r.slot, cls)}, r.slot);
   }
@@ -532,7 +532,7 @@ class Heap {
     if constexpr (Policy::kStats) {
       if (r.valid) {
         const unsigned home = thread_slab();  // assigns one to a thread that never allocated
-        stats::add(stats::row(L, home, thread_shares_slab()).slab[w.cls][w.slab].frees, 1, thread_shares_slab());
+        stats::add(stats::row(L, home, thread_shares_slab()).at(w.cls, w.slab).frees, 1, thread_shares_slab());
       }
     }
     if (r.slot) recycle_remote(L, w, r.slot);
@@ -544,7 +544,7 @@ class Heap {
   [[gnu::always_inline]] static void count_allocation(const Layout& L, unsigned owner, unsigned cls, unsigned slab,
                                                       size_t size, uint32_t fresh, bool shared) {
     if constexpr (Policy::kStats) {
-      stats::SlabCounters& c = stats::row(L, owner, shared).slab[cls][slab];
+      stats::SlabCounters& c = stats::row(L, owner, shared).at(cls, slab);
       if (fresh) stats::add(c.fresh, fresh, shared);
       if (kProcessHeap && slab == owner && !shared) {
         count_own_allocation(cls, size);
@@ -644,7 +644,7 @@ class Heap {
         if (void* p = take_used(slab)) {
           t_thread.look_gap[cls] = 0;
           t_thread.look_from[cls] = uint8_t(slab);
-          if constexpr (Policy::kStats) stats::add(stats::row(L, home, shared).events[cls].failovers, 1, shared);
+          if constexpr (Policy::kStats) stats::add(stats::row(L, home, shared).events(cls).failovers, 1, shared);
           return p;
         }
       }
@@ -732,9 +732,9 @@ class Heap {
           count_allocation(L, home, c, slab, size, fresh, thread_shares_slab());
           if constexpr (Policy::kStats) {
             if (c != cls)
-              stats::add(stats::row(L, home, thread_shares_slab()).events[cls].overflows, 1, thread_shares_slab());
+              stats::add(stats::row(L, home, thread_shares_slab()).events(cls).overflows, 1, thread_shares_slab());
             else if (k != 0)
-              stats::add(stats::row(L, home, thread_shares_slab()).events[cls].failovers, 1, thread_shares_slab());
+              stats::add(stats::row(L, home, thread_shares_slab()).events(cls).failovers, 1, thread_shares_slab());
           }
           return finish(slot, c, size, align, kind, zero, fresh);
         }

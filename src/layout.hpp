@@ -1,8 +1,9 @@
 // The address layout: where every slab, slot and free-list head lives.
 //
 // Nothing is searched. One reservation holds "areas" of equal size; area 0
-// holds the free-list heads (then the counters, stats.hpp, and at its end
-// the staged bits), area c - kMinClass + 1 holds size class c. An
+// holds the free-list heads (and at its end the staged bits), area
+// c - kMinClass + 1 holds size class c (the area of class 7, which has no
+// slots, the counters: stats.hpp). An
 // area is kNumSlabs slabs of 2^S bytes (S = the span shift), and a slab of
 // class c is an array of slots of class_bytes(c):
 //
@@ -37,7 +38,7 @@ inline constexpr unsigned kMinOddClass = 11;   // 48-byte slots, 16-aligned
 // class there would save address space, not memory.
 inline constexpr unsigned kMaxOddClass = 41;
 inline constexpr unsigned kMaxSpanShift = 33;  // natively every slab spans 8 GiB
-inline constexpr unsigned kMinSpanShift = 18;  // the smallest fallback: 256 KiB slabs, 512 MiB in all
+inline constexpr unsigned kMinSpanShift = 17;  // the smallest fallback: 128 KiB slabs, 240 MiB in all
 
 // --- derived ----------------------------------------------------------------
 inline constexpr unsigned kNumSlabs = 1u << kSlabBits;                 // 64

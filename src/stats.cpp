@@ -102,7 +102,7 @@ void fill_counters(const Layout& L, smalloc_stats& out) {
   const unsigned max = L.max_class();
   for (unsigned cls = kMinClass; cls <= max; ++cls)
     for (unsigned slab = 0; slab < kNumSlabs; ++slab)
-      for (const auto& row : area.rows) out.classes[cls].slabs[slab].frees += stats::read(row.slab[cls][slab].frees);
+      for (const auto& row : area.rows) out.classes[cls].slabs[slab].frees += stats::read(row.at(cls, slab).frees);
   for (unsigned slab = 0; slab < kNumSlabs; ++slab) {
     stats::OwnSlabCounters own{};
     add_own(area.rows[slab], own);
@@ -118,7 +118,7 @@ void fill_counters(const Layout& L, smalloc_stats& out) {
       smalloc_slab_stats& s = c.slabs[slab];
       uint64_t fresh = 0;
       for (const auto& row : area.rows) {
-        const stats::SlabCounters& counters = row.slab[cls][slab];
+        const stats::SlabCounters& counters = row.at(cls, slab);
         s.allocations += stats::read(counters.allocations);
         c.bytes_requested_total += stats::read(counters.bytes_requested);
         fresh += stats::read(counters.fresh);
@@ -133,8 +133,8 @@ void fill_counters(const Layout& L, smalloc_stats& out) {
       c.frees += s.frees;
     }
     for (const auto& row : area.rows) {
-      c.failovers += stats::read(row.events[cls].failovers);
-      c.overflows += stats::read(row.events[cls].overflows);
+      c.failovers += stats::read(row.events(cls).failovers);
+      c.overflows += stats::read(row.events(cls).overflows);
     }
   }
 }

@@ -11,7 +11,8 @@
 // with atomic adds: never in a row whose owner adds without them. A reader
 // sums the 65 rows.
 //
-// The rows live in area 0 after the free-list heads: zero pages until used.
+// The rows live in an area of their own (kCountersArea): zero pages until
+// used.
 #pragma once
 
 #include <atomic>
@@ -59,21 +60,34 @@ struct alignas(64) OwnerRow {
   // read; `folds` is odd while the owner adds it to `retired`.
   std::atomic<const OwnSlabCounters*> live;
   std::atomic<uint32_t> readers, folds;
-  OwnSlabCounters retired;                    // what the row's earlier owners counted in theirs
-  SlabCounters slab[kNumClasses][kNumSlabs];  // every slab, by the other paths
-  ClassEvents events[kNumClasses];
+  OwnSlabCounters retired;  // what the row's earlier owners counted in theirs
+  // Every slab, by the other paths; from kMinClass on (no slot is smaller).
+  SlabCounters slabs[kNumClasses - kMinClass][kNumSlabs];
+  ClassEvents class_events[kNumClasses - kMinClass];
+
+  SlabCounters& at(unsigned cls, unsigned slab) { return slabs[cls - kMinClass][slab]; }
+  const SlabCounters& at(unsigned cls, unsigned slab) const { return slabs[cls - kMinClass][slab]; }
+  ClassEvents& events(unsigned cls) { return class_events[cls - kMinClass]; }
+  const ClassEvents& events(unsigned cls) const { return class_events[cls - kMinClass]; }
 };
 
 struct Area {
   OwnerRow rows[kNumSlabs + 1];  // one per slab's owner, then the shared row
 };
 
-inline constexpr size_t kHeadsBytes = size_t{kNumClasses} * kNumSlabs * kHeadBytes;
-static_assert(kHeadsBytes % 64 == 0);
-static_assert(kHeadsBytes + sizeof(Area) <= Layout::area_bytes(kMinSpanShift) - Layout::staged_bits_bytes(kMinSpanShift),
-              "the counters must fit in area 0 of the smallest layout, before the staged bits at its end");
+// The rows fill the area of class 7, whose 12-byte slots do not exist (in
+// area 0, after the heads, they did not fit at the smallest span).
+inline constexpr unsigned kCountersArea = 7 - kMinClass + 1;
+static_assert(!class_exists(7));
+static_assert(sizeof(Area) <= Layout::area_bytes(kMinSpanShift),
+              "the counters must fit in one area of the smallest layout");
+static_assert(size_t{kNumClasses} * kNumSlabs * kHeadBytes <=
+                  Layout::area_bytes(kMinSpanShift) - Layout::staged_bits_bytes(kMinSpanShift),
+              "the heads must fit in area 0 of the smallest layout, before the staged bits at its end");
 
-inline Area& area(const Layout& L) { return *reinterpret_cast<Area*>(L.base + kHeadsBytes); }
+inline Area& area(const Layout& L) {
+  return *reinterpret_cast<Area*>(L.base + kCountersArea * Layout::area_bytes(L.span_shift));
+}
 
 // The row a thread counts in: its slab's, or the shared row if it shares.
 inline OwnerRow& row(const Layout& L, unsigned owner, bool shared) {

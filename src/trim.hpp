@@ -230,7 +230,7 @@ class Trimmer {
           first = kTouched | index;
         });
         // Those slots will be counted as touched again when next handed out.
-        if constexpr (Policy::kStats) stats::add(stats::row(L, 0, true).slab[cls][slab].fresh, 0 - uint64_t(top - keep), true);
+        if constexpr (Policy::kStats) stats::add(stats::row(L, 0, true).at(cls, slab).fresh, 0 - uint64_t(top - keep), true);
         released = true;
       } else if (walked.last) {  // the part walked before goes back in front
         Policy::write_link(walked.last, first);

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <barrier>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <set>
@@ -378,6 +379,35 @@ bool exited_with_a_fallback_span(int status) {
 TEST(Heap, ReservationFallsBackToASmallerLayoutUnderAnAddressSpaceLimit) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(reserve_under_address_space_limit(), exited_with_a_fallback_span, "");
+}
+
+// Runs in a child: with 280 MiB of address space left, the smallest layout
+// (240 MiB) must still fit, and serve; the exit code is its span shift.
+[[noreturn]] void reserve_the_smallest_layout() {
+  size_t pages = 0;
+  if (FILE* f = fopen("/proc/self/statm", "r")) {
+    if (fscanf(f, "%zu", &pages) != 1) pages = 0;
+    fclose(f);
+  }
+  if (pages == 0) _exit(100);
+  const size_t limit = pages * pal::kPageSize + (size_t{280} << 20);
+  rlimit rl{limit, limit};
+  if (setrlimit(RLIMIT_AS, &rl) != 0) _exit(100);
+  TestHeap heap;
+  std::vector<char*> blocks;
+  for (size_t size : {size_t{8}, size_t{48}, size_t{1000}, size_t{6000}, size_t{100000}}) {
+    char* p = static_cast<char*>(heap.allocate(size, 1, Kind::Malloc));
+    if (!p) _exit(101);
+    std::memset(p, 1, size);
+    blocks.push_back(p);
+  }
+  for (char* p : blocks) heap.deallocate(p, Kind::Malloc);
+  _exit(int(heap.layout().span_shift));
+}
+
+TEST(Heap, TheSmallestLayoutFitsIn280MiBOfAddressSpace) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(reserve_the_smallest_layout(), testing::ExitedWithCode(int(kMinSpanShift)), "");
 }
 
 TEST(Threads, LiveThreadsHaveDistinctSlabsAndNewThreadsReuseFreedOnes) {
