@@ -102,7 +102,7 @@ struct Layout {
 
   char* slot(unsigned cls, unsigned slab, uint32_t index) const {
     return reinterpret_cast<char*>(base + ((uintptr_t{cls - kMinClass + 1} << kSlabBits | slab) << span_shift) +
-                                   ((uintptr_t{index} * (2 + (cls & 1))) << ((cls >> 1) - 1)));
+                                   uintptr_t{index} * class_bytes(cls));
   }
   template <class Head>
   Head& head(unsigned cls, unsigned slab) const {
@@ -183,6 +183,7 @@ constexpr unsigned size_class_computed(size_t size, size_t align) {
 }
 // malloc's sizes up to 1 KiB (most of them) by one load instead.
 inline constexpr size_t kSmallSizeMax = 1024;
+inline constexpr unsigned kSmallSizeMaxClass = size_class_computed(kSmallSizeMax, 1);
 inline constexpr auto kSmallSizeClass = [] {
   std::array<uint8_t, kSmallSizeMax / 8 + 1> table{};
   for (size_t i = 0; i < table.size(); ++i) table[i] = uint8_t(size_class_computed(i * 8, 1));
@@ -191,7 +192,8 @@ inline constexpr auto kSmallSizeClass = [] {
 constexpr unsigned size_class(size_t size, size_t align = 1) {
   if (align == 1 && size <= kSmallSizeMax) {
     const unsigned cls = kSmallSizeClass[(size + 7) / 8];
-    if (cls > 20) __builtin_unreachable();  // (1 KiB: lets malloc skip its test for classes that have no list)
+    // Lets malloc skip its test for the classes that have no private list.
+    if (cls > kSmallSizeMaxClass) __builtin_unreachable();
     return cls;
   }
   return size_class_computed(size, align);
