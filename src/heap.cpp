@@ -78,8 +78,8 @@ void after_fork_in_child() {
     if constexpr (Policy::kStats) stats::retire_own(L, slab, t->counts);
     g_orphans[slab] = *t;
     for (unsigned cls = 0; cls < kNumClasses; ++cls)
-      if (t->own_head[cls] != nullptr || (cls <= kStagedMaxClass && t->staged[cls] != 0) ||
-          t->run_next[cls] != t->run_end[cls])
+      if ((cls < kDiscardClass && t->own_head[cls] != nullptr) || (cls <= kStagedMaxClass && t->staged[cls] != 0) ||
+          (cls <= kRunMaxClass && t->run_next[cls] != t->run_end[cls]))
         g_orphan_classes.fetch_or(orphan_bit(cls), std::memory_order_relaxed);
     g_orphan_slabs.fetch_or(uint64_t{1} << slab, std::memory_order_release);
     g_slab_thread[slab].store(nullptr, std::memory_order_relaxed);

@@ -66,6 +66,10 @@ inline constexpr unsigned kStagedMaxClass = 28;  // 16 KiB: 64 slots staged at l
 inline constexpr uint32_t run_slots(unsigned cls) {
   return std::max<uint32_t>(1, std::min<uint32_t>(64, uint32_t(4096 / class_bytes(cls))));
 }
+// The largest class that has runs (of two slots or more): the thread state
+// keeps run bounds for those alone.
+inline constexpr unsigned kRunMaxClass = 22;  // 2 KiB
+static_assert(run_slots(kRunMaxClass) > 1 && run_slots(kRunMaxClass + 1) == 1);
 
 // Everything a thread keeps for the process heap, in one block of initial-exec
 // TLS: the hot paths find all of it from one thread-pointer offset.
@@ -87,8 +91,10 @@ struct ThreadState {
   // shared lists when it exits. A list holds at most kOwnListBytes (one slot
   // if larger); the rest of the thread's frees go to the shared list (by
   // way of `staged`), where other threads can take them too. Its length is
-  // counts.listed[cls].
-  char* own_head[kNumClasses];
+  // counts.listed[cls]. None for the classes discarded on free
+  // (kOwnListLimit 0): the thread state is static TLS, which a dlopen of
+  // the library must find room for (README, "Limits").
+  char* own_head[kDiscardClass];
   // What the thread frees of its own slab beyond its list, per class, up to
   // kStagedMaxClass: staged in a bitmap (Layout::staged_bits0), and handed
   // to the shared list as one chain in address order (one CAS) once as many
@@ -104,8 +110,8 @@ struct ThreadState {
   // (Heap::take_new), per class: [run_next, run_end). malloc hands them out
   // with no CAS, once the slab's list has no used slot for it; the rest go
   // back with the thread's lists.
-  char* run_next[kNumClasses];
-  char* run_end[kNumClasses];
+  char* run_next[kRunMaxClass + 1];
+  char* run_end[kRunMaxClass + 1];
   // Bytes of never-used slots the thread has taken since it last trimmed:
   // see kAutoTrimBytes (trim.hpp).
   uint64_t fresh_bytes;
@@ -211,10 +217,12 @@ class Heap {
       if constexpr (kProcessHeap) {
         // No used slot left: the run of new ones taken before (counted as
         // touched then).
-        if (char* slot = t_thread.run_next[cls]; slot != t_thread.run_end[cls]) {
-          t_thread.run_next[cls] = slot + class_bytes(cls);
-          count_own_allocation(cls, size);
-          return finish(slot, cls, size, align, kind, zero, true);
+        if (cls <= kRunMaxClass) {
+          if (char* slot = t_thread.run_next[cls]; slot != t_thread.run_end[cls]) {
+            t_thread.run_next[cls] = slot + class_bytes(cls);
+            count_own_allocation(cls, size);
+            return finish(slot, cls, size, align, kind, zero, true);
+          }
         }
       }
       return allocate_untouched(size, align, kind, zero, cls);
@@ -357,6 +365,7 @@ class Heap {
   static void return_thread_list(const Layout& L, ThreadState& t, unsigned cls) {
     if (cls <= kStagedMaxClass) unstage(L, t, cls);
     return_run(L, t, cls);
+    if (cls >= kDiscardClass) return;
     char* slot = std::atomic_ref<char*>(t.own_head[cls]).exchange(nullptr, std::memory_order_acquire);
     if (slot == nullptr) return;
     // Counted, not followed to its end: a double free may have made it a loop.
@@ -397,6 +406,7 @@ class Heap {
   // slot moves back to the run's start: the slots stay untouched (zero, and
   // uncounted again). Otherwise they go on the list as used slots.
   static void return_run(const Layout& L, ThreadState& t, unsigned cls) {
+    if (cls > kRunMaxClass) return;
     char* const next = std::atomic_ref<char*>(t.run_next[cls]).exchange(nullptr, std::memory_order_acquire);
     char* const end = t.run_end[cls];
     t.run_end[cls] = nullptr;
@@ -677,7 +687,7 @@ class Heap {
     if (__builtin_expect(slot == nullptr, 0)) return fail_over(L, size, align, kind, zero, cls);
     count_allocation(L, home, cls, home, size, fresh ? n : 0, shared);  // the run counts as touched now
     if constexpr (kProcessHeap) {
-      if (n > 1) {
+      if (n > 1 && cls <= kRunMaxClass) {  // (n > 1 only there)
         t_thread.run_next[cls] = slot + class_bytes(cls);
         t_thread.run_end[cls] = slot + n * class_bytes(cls);
       }
