@@ -47,16 +47,16 @@ unsigned long long resident_bytes() {
 // Owner `slab`'s own-slab counters: what its earlier owners folded into the
 // row, plus the live owner's, all frees before any allocation. A fold under
 // way or finished meanwhile makes it read again.
-void add_own(stats::OwnerRow& row, stats::OwnSlabCounters& sum) {
+void add_own(stats::RowSync& sync, const stats::OwnerRow& row, stats::OwnSlabCounters& sum) {
   for (;;) {
-    const uint32_t folds = row.folds.load(std::memory_order_acquire);
+    const uint32_t folds = sync.folds.load(std::memory_order_acquire);
     if (folds & 1) {
       sched_yield();
       continue;
     }
     stats::OwnSlabCounters got;
-    row.readers.fetch_add(1, std::memory_order_seq_cst);
-    const stats::OwnSlabCounters* live = row.live.load(std::memory_order_seq_cst);
+    sync.readers.fetch_add(1, std::memory_order_seq_cst);
+    const stats::OwnSlabCounters* live = sync.live.load(std::memory_order_seq_cst);
     // The live owner's allocations from its private list, derived as
     // stats.hpp says, in the order it says.
     uint64_t not_from_list[kNumClasses] = {};  // frees_not_listed + returned + listed
@@ -76,8 +76,8 @@ void add_own(stats::OwnerRow& row, stats::OwnSlabCounters& sum) {
       got.bytes_requested[c] =
           stats::read(row.retired.bytes_requested[c]) + (live ? stats::read(live->bytes_requested[c]) : 0);
     }
-    row.readers.fetch_sub(1, std::memory_order_acq_rel);
-    if (row.folds.load(std::memory_order_acquire) != folds) continue;
+    sync.readers.fetch_sub(1, std::memory_order_acq_rel);
+    if (sync.folds.load(std::memory_order_acquire) != folds) continue;
     for (unsigned c = 0; c < kNumClasses; ++c) {
       sum.frees[c] += got.frees[c];
       sum.allocations[c] += got.allocations[c];
@@ -105,7 +105,7 @@ void fill_counters(const Layout& L, smalloc_stats& out) {
       for (const auto& row : area.rows) out.classes[cls].slabs[slab].frees += stats::read(row.at(cls, slab).frees);
   for (unsigned slab = 0; slab < kNumSlabs; ++slab) {
     stats::OwnSlabCounters own{};
-    add_own(area.rows[slab], own);
+    add_own(area.sync[slab], area.rows[slab], own);
     for (unsigned cls = kMinClass; cls <= max; ++cls) {
       out.classes[cls].slabs[slab].frees += own.frees[cls];
       out.classes[cls].slabs[slab].allocations += own.allocations[cls];
@@ -150,32 +150,33 @@ void fill_counters(const Layout& L, smalloc_stats& out) {
 namespace smalloc::stats {
 
 void publish_own(const Layout& L, unsigned slab, const OwnSlabCounters* own) {
-  area(L).rows[slab].live.store(own, std::memory_order_release);
+  area(L).sync[slab].live.store(own, std::memory_order_release);
 }
 
 void forget_readers(const Layout& L) {
-  for (OwnerRow& row : area(L).rows) {
-    row.readers.store(0, std::memory_order_relaxed);
-    if (row.folds.load(std::memory_order_relaxed) & 1) row.folds.fetch_add(1, std::memory_order_relaxed);
+  for (RowSync& sync : area(L).sync) {
+    sync.readers.store(0, std::memory_order_relaxed);
+    if (sync.folds.load(std::memory_order_relaxed) & 1) sync.folds.fetch_add(1, std::memory_order_relaxed);
   }
 }
 
 void retire_own(const Layout& L, unsigned slab, const OwnSlabCounters& own) {
   if (L.max_class() < kMinClass) return;  // no heap, nothing published
   OwnerRow& row = area(L).rows[slab];
-  if (row.live.load(std::memory_order_relaxed) != &own) return;  // never published
-  row.folds.fetch_add(1, std::memory_order_acq_rel);               // odd: readers wait
+  RowSync& sync = area(L).sync[slab];
+  if (sync.live.load(std::memory_order_relaxed) != &own) return;  // never published
+  sync.folds.fetch_add(1, std::memory_order_acq_rel);               // odd: readers wait
   for (unsigned c = 0; c < kNumClasses; ++c) {
     add(row.retired.frees[c], own.frees[c], false);
     add(row.retired.allocations[c],
         own.allocations[c] + own.frees[c] - own.frees_not_listed[c] - own.returned[c] - own.listed[c], false);
     add(row.retired.bytes_requested[c], own.bytes_requested[c], false);
   }
-  row.live.store(nullptr, std::memory_order_seq_cst);
-  row.folds.fetch_add(1, std::memory_order_release);
+  sync.live.store(nullptr, std::memory_order_seq_cst);
+  sync.folds.fetch_add(1, std::memory_order_release);
   // A reader that saw the pointer holds `readers` up while it reads: the
   // thread's TLS must outlive that.
-  while (row.readers.load(std::memory_order_seq_cst) != 0) sched_yield();
+  while (sync.readers.load(std::memory_order_seq_cst) != 0) sched_yield();
 }
 
 HeapTotals heap_totals() noexcept {

@@ -54,12 +54,18 @@ struct ClassEvents {
   uint64_t failovers, overflows;
 };
 
-struct alignas(64) OwnerRow {
-  // The live owner's OwnSlabCounters (in its TLS), or null. Readers of it
-  // are counted so that an exiting owner can wait until its TLS is no longer
-  // read; `folds` is odd while the owner adds it to `retired`.
+// Per owner row: the live owner's OwnSlabCounters (in its TLS), or null.
+// Readers of it are counted so that an exiting owner can wait until its TLS
+// is no longer read; `folds` is odd while the owner adds it to `retired`.
+// All rows' together on one page, apart from the rows: a fork child resets
+// them (forget_readers), and one per row was a page fault per row, 65 in
+// every child, even one that only execs (a shell's subshell: 1.9x slower).
+struct RowSync {
   std::atomic<const OwnSlabCounters*> live;
   std::atomic<uint32_t> readers, folds;
+};
+
+struct alignas(64) OwnerRow {
   OwnSlabCounters retired;  // what the row's earlier owners counted in theirs
   // Every slab, by the other paths; from kMinClass on (no slot is smaller).
   SlabCounters slabs[kNumClasses - kMinClass][kNumSlabs];
@@ -72,6 +78,7 @@ struct alignas(64) OwnerRow {
 };
 
 struct Area {
+  RowSync sync[kNumSlabs + 1];
   OwnerRow rows[kNumSlabs + 1];  // one per slab's owner, then the shared row
 };
 
