@@ -57,6 +57,9 @@ inline constexpr unsigned kGrowerClass = kDiscardClass - 2;  // 2 MiB
 // class the faults the move saved.)
 inline constexpr unsigned kMovePagesClass = kKeptClass + 2;  // 8 MiB
 
+// In a fallback layout, blocks from this size on that find no slot get a
+// mapping of their own (Heap::fail_over).
+inline constexpr size_t kMappedFallbackMin = 64 << 10;
 inline constexpr unsigned kStagedMaxClass = 28;  // 16 KiB: 64 slots staged at least, one chain per 64 frees or fewer
 
 // How many never-used slots a thread takes off its slab's head at once: a
@@ -750,9 +753,13 @@ class Heap {
         }
       }
     }
-    // Larger than any slot of a fallback layout: a mapping of its own. (The
-    // native layout's largest slot, 8 GiB, stays the limit there.)
-    if (cls > L.max_class() && L.span_shift < kMaxSpanShift) {
+    // Larger than any slot of a fallback layout, or a large block for which
+    // every slot that would do is taken: a mapping of its own. A fallback
+    // layout has 64 slots of its largest class: under ulimit -v 8 GiB, the
+    // 65th 2 MiB block was NULL while any larger one got a mapping. (The
+    // native layout's largest slot, 8 GiB, stays the limit there; and small
+    // blocks, a page each, would soon fill huge.hpp's table.)
+    if (L.span_shift < kMaxSpanShift && (cls > L.max_class() || std::max(size, align) >= kMappedFallbackMin)) {
       void* p = huge::allocate(size, align);
       if (p) Policy::on_huge_alloc(p, size, zero);
       return p;

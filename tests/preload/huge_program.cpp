@@ -1,7 +1,9 @@
 // Blocks larger than the largest slot of a small layout. Run under
 // `ulimit -v 8388608` (8 GiB of address space) smalloc falls back to a layout
-// whose largest slot is 4 MiB; everything bigger must still work: malloc,
+// whose largest slot is 2 MiB; everything bigger must still work: malloc,
 // calloc, realloc both ways across that size, aligned_alloc, usable size, free.
+// And more blocks of that largest size, or aligned to it, than the layout
+// has such slots (64).
 // Prints what it checked, the same under any allocator.
 #include <malloc.h>
 
@@ -67,6 +69,27 @@ int main() {
     if (p) std::memset(p, 1, 4096);
   }
   for (void* p : many) std::free(p);
+
+  // 2 MiB blocks and 2 MiB-aligned small ones: 200 of each, live at once.
+  void* largest[200];
+  void* aligned_small[200];
+  for (size_t i = 0; i < 200; ++i) {
+    largest[i] = std::malloc(2 * kMiB);
+    check(largest[i] != nullptr, "malloc 2 MiB, 200 live at once");
+    if (largest[i]) std::memset(largest[i], int(i), 2 * kMiB);
+    aligned_small[i] = nullptr;
+    check(posix_memalign(&aligned_small[i], 2 * kMiB, 100) == 0 && aligned_small[i] &&
+              reinterpret_cast<uintptr_t>(aligned_small[i]) % (2 * kMiB) == 0,
+          "posix_memalign 100 bytes 2 MiB-aligned, 200 live at once");
+    if (aligned_small[i]) std::memset(aligned_small[i], int(i), 100);
+  }
+  for (size_t i = 0; i < 200; ++i) {
+    const auto* p = static_cast<const unsigned char*>(largest[i]);
+    check(!p || (p[0] == static_cast<unsigned char>(i) && p[2 * kMiB - 1] == static_cast<unsigned char>(i)),
+          "the 2 MiB blocks keep their contents");
+    std::free(largest[i]);
+    std::free(aligned_small[i]);
+  }
 
   void* too_big = std::malloc(size_t{1} << 40);  // 1 TiB: more than the limit allows
   check(too_big == nullptr, "malloc of 1 TiB fails under an 8 GiB limit");

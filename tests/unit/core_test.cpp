@@ -181,7 +181,15 @@ TEST(Heap, AFullSlabFailsOverToTheOtherSlabsThenToTheNextClass) {
       EXPECT_EQ(where(L, overflow).cls, class_exists(cls + 1) ? cls + 1 : cls + 2);
       heap.deallocate(overflow, Kind::Malloc);
     } else {
-      EXPECT_EQ(overflow, nullptr);
+      // This fallback layout's largest slots are all taken: a mapping of its own.
+      Layout::Where w{};
+      ASSERT_NE(overflow, nullptr);
+      EXPECT_FALSE(L.locate(overflow, w));
+      EXPECT_TRUE(heap.owns(overflow));
+      EXPECT_GE(heap.usable_size(overflow), size);
+      std::memset(overflow, 7, size);
+      heap.deallocate(overflow, Kind::Malloc);
+      EXPECT_FALSE(heap.owns(overflow));
     }
     for (void* p : blocks) heap.deallocate(p, Kind::Malloc);
     // Every slot is free again: a whole class's worth fits without overflow.
@@ -216,14 +224,35 @@ TEST(Heap, TrimmingAFullSlabOfTheSmallestSlotsTouchesNoOtherMapping) {
   munmap(data + pal::kPageSize, 2 * pal::kPageSize);
 }
 
+// How many slots of `size` bytes a layout has, in its class and the larger ones.
+size_t SlotsFor(const Layout& L, size_t size) {
+  size_t slots = 0;
+  for (unsigned c = size_class(size); c <= L.max_class(); ++c)
+    if (class_exists(c)) slots += size_t{L.slots_per_slab(c)} * kNumSlabs;
+  return slots;
+}
+
 TEST(Heap, ExhaustionReturnsNullWithEnomem) {
   TestHeap heap(kTestSpan);
-  const size_t largest = size_t{1} << kTestSpan;
-  for (unsigned i = 0; i < kNumSlabs; ++i) ASSERT_NE(heap.allocate(largest, 1, Kind::Malloc), nullptr);
+  // Below kMappedFallbackMin: once every slot that can hold it is taken (its
+  // class's, then the larger ones'), NULL with ENOMEM.
+  const size_t size = kMappedFallbackMin - 1;
+  ASSERT_NE(heap.allocate(size, 1, Kind::Malloc), nullptr);
+  const size_t slots = SlotsFor(heap.layout(), size);
+  for (size_t i = 1; i < slots; ++i) ASSERT_NE(heap.allocate(size, 1, Kind::Malloc), nullptr);
   errno = 0;
-  EXPECT_EQ(heap.allocate(largest, 1, Kind::Malloc), nullptr);
+  EXPECT_EQ(heap.allocate(size, 1, Kind::Malloc), nullptr);
   EXPECT_EQ(errno, ENOMEM);
+  // From kMappedFallbackMin on, a block with no slot left gets a mapping of
+  // its own in a fallback layout.
+  void* mapped = heap.allocate(kMappedFallbackMin, 1, Kind::Malloc);
+  ASSERT_NE(mapped, nullptr);
+  EXPECT_FALSE(heap.owns(static_cast<char*>(mapped) - 1)) << "not in the reservation";
+  EXPECT_EQ(heap.usable_size(mapped), kMappedFallbackMin);
+  heap.deallocate(mapped, Kind::Malloc);
+  EXPECT_EQ(heap.usable_size(mapped), 0u) << "given back";
   // Larger than any slot of this (small) layout: a mapping of its own.
+  const size_t largest = size_t{1} << kTestSpan;
   void* beyond = heap.allocate(largest + 1, 1, Kind::Malloc);
   ASSERT_NE(beyond, nullptr);
   EXPECT_FALSE(heap.owns(static_cast<char*>(beyond) - 1)) << "not in the reservation";
@@ -434,7 +463,11 @@ TEST(Threads, LiveThreadsHaveDistinctSlabsAndNewThreadsReuseFreedOnes) {
 
 TEST(Threads, ConcurrentExhaustionHandsEverySlotOutExactlyOnce) {
   TestHeap heap(kTestSpan);
-  const size_t size = size_t{1} << kTestSpan;  // 64 slots in all
+  // Below kMappedFallbackMin, so that exhaustion is NULL: 256 slots in all,
+  // of three classes.
+  const size_t size = kMappedFallbackMin - 1;
+  heap.deallocate(heap.allocate(size, 1, Kind::Malloc), Kind::Malloc);
+  const size_t slots = SlotsFor(heap.layout(), size);
   constexpr int kThreads = 16, kRounds = 50;
   for (int round = 0; round < kRounds; ++round) {
     std::vector<std::vector<void*>> got(kThreads);
@@ -450,7 +483,7 @@ TEST(Threads, ConcurrentExhaustionHandsEverySlotOutExactlyOnce) {
       total += v.size();
       all.insert(v.begin(), v.end());
     }
-    ASSERT_EQ(total, size_t{kNumSlabs}) << "round " << round;
+    ASSERT_EQ(total, slots) << "round " << round;
     ASSERT_EQ(all.size(), total) << "a slot was handed out twice in round " << round;
     threads.clear();
     for (int t = 0; t < kThreads; ++t)  // free from other threads than allocated
