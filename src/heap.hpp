@@ -7,7 +7,8 @@
 // the slab the pointer came from, whichever thread frees (another thread's
 // free onto a second list, FreeListHead::remote). When a slab is full
 // the allocation fails over to the other slabs of the class, then to larger
-// classes, and only then returns NULL with errno = ENOMEM.
+// classes, then (in a fallback layout, for a large block) to a mapping of its
+// own, and only then returns NULL with errno = ENOMEM.
 //
 // Policy (release_policy.hpp, debug/) supplies compile-time hooks around the
 // hot paths; the release policy's are empty and compile away.
@@ -123,6 +124,9 @@ struct ThreadState {
   stats::OwnSlabCounters counts;
 };
 extern __thread ThreadState t_thread __attribute__((tls_model("initial-exec")));
+// Static TLS: a Python process that dlopens the library with the README's
+// optional_static_tls=4096 had room for some 5.2 KiB of it in all.
+static_assert(sizeof(ThreadState) <= 4400, "the thread state outgrew the room dlopen has for it (README, Limits)");
 inline constexpr uint64_t kOwnListBytes = 1 << 20;
 // How many slots a class's list may hold: none for the classes discarded on free.
 inline constexpr auto kOwnListLimit = [] {
@@ -285,7 +289,8 @@ class Heap {
     void* q = allocate_in(cls, size, 1, Kind::Malloc, false);
     if (shrunk) {
       // A shrink never fails, and moves only into a smaller slot (its class
-      // full, the allocation failed over to larger ones).
+      // full, the allocation failed over to larger ones), or, in a fallback
+      // layout whose slots that would do are all taken, a mapping.
       Where to;
       if (q && L.locate(q, to) && to.cls >= w.cls) {
         deallocate(q, Kind::Malloc);
@@ -780,7 +785,7 @@ class Heap {
   // A block we did not allocate (the dynamic loader's, or libc's from before we
   // were loaded): copy what we can safely read, and never free it.
   [[gnu::noinline, gnu::cold]] void* reallocate_foreign(void* p, size_t size) {
-    if (const huge::Entry* e = huge::find(p)) {  // always moved: rare, and exact for Valgrind
+    if (const huge::Entry* e = huge::find(p)) {  // always moved: only in fallback layouts, and exact for Valgrind
       if (size == 0) {
         free_outside(p, Kind::Malloc);
         return nullptr;

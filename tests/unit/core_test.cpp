@@ -268,6 +268,34 @@ TEST(Heap, ExhaustionReturnsNullWithEnomem) {
   EXPECT_NE(heap.allocate(8, 1, Kind::Malloc), nullptr) << "small classes still work";
 }
 
+// A shrink that finds every smaller slot, and every larger one, taken moves
+// into a mapping of its own (a fallback layout, from kMappedFallbackMin):
+// it still gives its slot back and keeps the contents.
+TEST(Heap, AShrinkWithNoSlotLeftMovesIntoAMapping) {
+  TestHeap heap(kTestSpan);
+  const size_t largest = size_t{1} << kTestSpan, smaller = class_bytes(2 * kTestSpan - 1);
+  char* p = static_cast<char*>(heap.allocate(largest, 1, Kind::Malloc));
+  ASSERT_NE(p, nullptr);
+  const Layout L = heap.layout();
+  std::memset(p, 'p', largest);
+  std::vector<void*> fill;
+  for (size_t i = 1; i < SlotsFor(L, largest); ++i) fill.push_back(heap.allocate(largest, 1, Kind::Malloc));
+  for (size_t i = 0; i < size_t{L.slots_per_slab(2 * kTestSpan - 1)} * kNumSlabs; ++i)
+    fill.push_back(heap.allocate(smaller, 1, Kind::Malloc));
+  for (void* f : fill) ASSERT_NE(f, nullptr);
+  const size_t shrunk = kMappedFallbackMin + 100;  // into the smaller class, which is full
+  ASSERT_LT(size_class(shrunk), 2 * kTestSpan);
+  char* q = static_cast<char*>(heap.reallocate(p, shrunk));
+  ASSERT_NE(q, nullptr);
+  Layout::Where w{};
+  EXPECT_FALSE(L.locate(q, w)) << "not a mapping of its own";
+  EXPECT_EQ(std::count(q, q + shrunk, 'p'), std::ptrdiff_t(shrunk));
+  EXPECT_EQ(heap.allocate(largest, 1, Kind::Malloc), p) << "the slot was not given back";
+  heap.deallocate(q, Kind::Malloc);
+  heap.deallocate(p, Kind::Malloc);
+  for (void* f : fill) heap.deallocate(f, Kind::Malloc);
+}
+
 TEST(Heap, TheLastFreedSlotIsReusedFirst) {
   TestHeap heap(kTestSpan);
   void* a = heap.allocate(100, 1, Kind::Malloc);
