@@ -118,7 +118,7 @@ bool all_equal(const char* p, size_t n, uint8_t byte, size_t* first_bad) {
 }
 
 size_t tail_fill_bytes(char* slot, unsigned cls, const char* end_of_block) {
-  return std::min(kTailFill, size_t(slot + (class_bytes(cls)) - end_of_block));
+  return std::min(kTailFill, size_t(slot + class_bytes(cls) - end_of_block));
 }
 
 // ---- quarantine: a bounded lock-free FIFO ring (Vyukov) -----------------------
@@ -233,13 +233,13 @@ void report_foreign(const void* p, const char* what) {
   finish_report();
 }
 
-void mark_reserved(void* base, size_t bytes, size_t heads_bytes) {
+void mark_reserved(void* base, size_t bytes, size_t area_bytes) {
   // Nothing in the region is the program's until a block is handed out; the
-  // heads (area 0) are the allocator's own and always accessible.
+  // heads (area 0) and the counters (their area, stats.hpp) are the
+  // allocator's own and always accessible.
   VALGRIND_MAKE_MEM_NOACCESS(base, bytes);
-  VALGRIND_MAKE_MEM_DEFINED(base, heads_bytes);
-  // The counters' area (stats.hpp), as large as area 0.
-  VALGRIND_MAKE_MEM_DEFINED(static_cast<char*>(base) + stats::kCountersArea * heads_bytes, heads_bytes);
+  VALGRIND_MAKE_MEM_DEFINED(base, area_bytes);
+  VALGRIND_MAKE_MEM_DEFINED(static_cast<char*>(base) + stats::kCountersArea * area_bytes, area_bytes);
 }
 
 void* allocate_fill(char* slot, unsigned cls, size_t size, size_t align, Kind kind, bool zero) {
@@ -373,7 +373,7 @@ bool resize(const Layout& L, const Layout::Where& w, void* p, size_t size) {
   }
   if (!redzones_intact(slot, w.cls, w.slab, p, h)) return false;
   char* start = static_cast<char*>(p);
-  const size_t room = (class_bytes(w.cls)) - size_t(start - slot) - kRedzone;  // a slot always holds front + redzone
+  const size_t room = class_bytes(w.cls) - size_t(start - slot) - kRedzone;  // a slot always holds front + redzone
   if (size > room) return false;  // the core moves it, or fails
   const size_t old = h.size;
   VALGRIND_RESIZEINPLACE_BLOCK(p, old, size, kRedzone);

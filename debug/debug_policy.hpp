@@ -66,7 +66,7 @@ void* allocate_fill(char* slot, unsigned cls, size_t size, size_t align, Kind ki
 char* release(const Layout& L, const Layout::Where& w, void* p, Kind kind, const char* what);
 void quarantine(char* slot);
 int flush_quarantine();
-void mark_reserved(void* base, size_t bytes, size_t heads_bytes);
+void mark_reserved(void* base, size_t bytes, size_t area_bytes);
 bool resize(const Layout& L, const Layout::Where& w, void* p, size_t size);
 size_t block_size(const Layout& L, const Layout::Where& w, const void* p);
 
@@ -85,7 +85,7 @@ struct DebugPolicy {
   static constexpr size_t slot_bytes(size_t size, size_t align) {
     return size > SIZE_MAX / 4 ? SIZE_MAX : debug::front_bytes(align) + size + debug::kRedzone;
   }
-  static void on_reserve(void* base, size_t bytes, size_t heads) { debug::mark_reserved(base, bytes, heads); }
+  static void on_reserve(void* base, size_t bytes, size_t area_bytes) { debug::mark_reserved(base, bytes, area_bytes); }
   static void* on_alloc(char* slot, unsigned cls, size_t size, size_t align, Kind kind, bool, bool zero) {
     return debug::allocate_fill(slot, cls, size, align, kind, zero);
   }

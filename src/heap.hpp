@@ -61,6 +61,7 @@ inline constexpr unsigned kMovePagesClass = kKeptClass + 2;  // 8 MiB
 // In a fallback layout, blocks from this size on that find no slot get a
 // mapping of their own (Heap::fail_over).
 inline constexpr size_t kMappedFallbackMin = 64 << 10;
+
 inline constexpr unsigned kStagedMaxClass = 28;  // 16 KiB: 64 slots staged at least, one chain per 64 frees or fewer
 
 // How many never-used slots a thread takes off its slab's head at once: a

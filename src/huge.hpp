@@ -2,7 +2,8 @@
 // the fallback layouts (under ulimit -v, or Valgrind) stop at 2^S: there each
 // larger block gets a mapping of its own, found again in a fixed table (so
 // that nothing here allocates), as does a block of kMappedFallbackMin or more
-// that finds every slot that would hold it taken (Heap::fail_over). Such blocks are not in the occupancy counters.
+// that finds every slot that would hold it taken (Heap::fail_over). Such
+// blocks are not in the occupancy counters.
 #pragma once
 
 #include <atomic>
