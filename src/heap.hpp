@@ -420,7 +420,7 @@ class Heap {
     char* const end = t.run_end[cls];
     t.run_end[cls] = nullptr;
     Where w;
-    if (next == end || !L.locate(next, w)) return;
+    if (next >= end || size_t(end - next) > size_t{run_slots(cls)} * class_bytes(cls) || !L.locate(next, w)) return;
     const uint32_t first = w.index, count = uint32_t(size_t(end - next) / class_bytes(cls));
     auto& head = L.head<FreeListHead>(cls, w.slab).word;
     uint64_t old = head.load(std::memory_order_relaxed);
@@ -697,8 +697,13 @@ class Heap {
     count_allocation(L, home, cls, home, size, fresh ? n : 0, shared);  // the run counts as touched now
     if constexpr (kProcessHeap) {
       if (n > 1 && cls <= kRunMaxClass) {  // (n > 1 only there)
-        t_thread.run_next[cls] = slot + class_bytes(cls);
-        t_thread.run_end[cls] = slot + n * class_bytes(cls);
+        // A fork child copies this state from a thread that stopped anywhere
+        // (return_run, in g_orphans): between these stores it must find no
+        // run, not the new run's start and the old one's end. (It found
+        // one: a count of 4 billion slots, links written for minutes.)
+        std::atomic_ref<char*>(t_thread.run_next[cls]).store(nullptr, std::memory_order_relaxed);
+        std::atomic_ref<char*>(t_thread.run_end[cls]).store(slot + n * class_bytes(cls), std::memory_order_release);
+        std::atomic_ref<char*>(t_thread.run_next[cls]).store(slot + class_bytes(cls), std::memory_order_release);
       }
       if constexpr (Policy::kTrimSlabs) {
         if (fresh && (t_thread.fresh_bytes += n * class_bytes(cls)) >= kAutoTrimBytes)

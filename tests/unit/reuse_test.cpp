@@ -915,6 +915,52 @@ TEST(Reuse, AForkChildGetsBackTheNewSlotsItsDeadThreadsTookAhead) {
   EXPECT_EQ(WEXITSTATUS(status), 0) << "the slots a dead thread took ahead were stranded in the fork child";
 }
 
+// What a thread that did not follow a fork had staged (freed beyond its
+// private list, not yet on the shared list) is bits in its slab's part of
+// the staged bitmap. A thread of the child that took the same slab staged
+// into the same words: its hand-off swept up the dead thread's bits with its
+// own, cleared a word it had not finished, and slots were lost for good.
+TEST(Reuse, AForkChildLosesNoneOfTheSlotsItsDeadThreadsHadStaged) {
+  const unsigned cls = ClassOfSize(kSixteenKiB);
+  constexpr int kMany = 3 * kListed + kListed / 2;
+  std::vector<void*> blocks;
+  ParkedThread parked([&] {
+    const std::vector<void*> leftovers = TakeLeftovers(cls, kSixteenKiB);  // kept: the slab holds only these then
+    blocks = AllocateBlocks(kSixteenKiB, kMany);
+    // 64 listed, 64 and 64 to the shared list, and last every 7th block
+    // staged: the 32 staged ones spread over the words the others use.
+    std::vector<void*> order;
+    for (int i = 0; i < kMany; ++i)
+      if (i % 7 != 3 || i / 7 >= kListed / 2) order.push_back(blocks[i]);
+    for (int i = 0; i < kListed / 2; ++i) order.push_back(blocks[7 * i + 3]);
+    for (void* p : order) smalloc_free(p);
+  });
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    int failures = 0;
+    // The child's first new thread: the dead thread's slab, if it is free.
+    std::thread([&] {
+      std::vector<void*> mine = AllocateBlocks(kSixteenKiB, 2 * kListed);  // the two chains
+      for (void* p : mine) smalloc_free(p);  // 64 listed, 64 staged and handed off
+    }).join();  // its list goes back to the shared list
+    // The next one takes the same slab, its free slots, and then (for the
+    // first slot it would otherwise take new) the dead thread's.
+    std::thread([&] {
+      const auto touched = Touched(cls);
+      std::vector<void*> again = AllocateBlocks(kSixteenKiB, kMany);
+      if (Touched(cls) != touched) failures |= 1;
+      if (std::set<void*>(again.begin(), again.end()) != std::set<void*>(blocks.begin(), blocks.end())) failures |= 2;
+    }).join();
+    _exit(failures);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "free slots were lost in the fork child (1: new ones touched, 2: "
+                                       "not the same slots)";
+}
+
 // A fork child gets the free slots of the threads that did not follow it
 // when it needs them, not in the fork handler: handing a slot back writes
 // into it, a copy-on-write fault per page, which a child that only execs
