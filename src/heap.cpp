@@ -53,14 +53,40 @@ void release_slab(void* value) {
 constinit ThreadState g_orphans[kNumSlabs]{};
 constinit std::atomic<uint64_t> g_orphan_slabs{0};
 
+// An orphan's staged slots are bits in its slab's words of the staged
+// bitmaps, which the slab's owner writes without atomics (Heap::stage). A
+// thread of the child that took the slab would stage into the same words
+// while another thread adopting the orphan's clears them: a slot lost, or
+// handed back twice. So the slab stays taken until they are adopted.
+constinit std::atomic<uint64_t> g_held_for_orphans{0};
+
+bool holds_staged(ThreadState& t) {
+  for (unsigned cls = 0; cls <= kStagedMaxClass; ++cls)
+    if (std::atomic_ref<uint32_t>(t.staged[cls]).load(std::memory_order_acquire) != 0 &&
+        std::atomic_ref<uint64_t*>(t.staged_from[cls]).load(std::memory_order_relaxed) != nullptr)
+      return true;
+  return false;
+}
+
+// The held slabs whose orphans' staged slots have all been adopted go free.
+void release_held_slabs() {
+  for (uint64_t m = g_held_for_orphans.load(std::memory_order_acquire); m != 0; m &= m - 1) {
+    const unsigned slab = unsigned(__builtin_ctzll(m));
+    const uint64_t bit = uint64_t{1} << slab;
+    if (!holds_staged(g_orphans[slab]) && (g_held_for_orphans.fetch_and(~bit, std::memory_order_acq_rel) & bit))
+      g_live_slabs.fetch_and(~bit, std::memory_order_release);
+  }
+}
+
 // A fork waits for the slab trims under way (Trimmer::begin_fork).
 void before_fork() { g_heap.trimmer().begin_fork(); }
 void after_fork_in_parent() { g_heap.trimmer().end_fork(false); }
 
 // In a fork child only the forking thread lives on. The others' slabs would
 // stay taken, and the slots they held to themselves stranded: the slabs are
-// freed, and the slots recorded in g_orphans for the child's threads to take
-// back as they need them. (A thread interrupted inside free() may lose the
+// freed (those with staged slots once these are adopted), and the slots
+// recorded in g_orphans for the child's threads to take back as they need
+// them. (A thread interrupted inside free() may lose the
 // one slot it was freeing; one inside a stats read has its count reset.)
 void after_fork_in_child() {
   g_heap.trimmer().end_fork(true);
@@ -83,7 +109,8 @@ void after_fork_in_child() {
         g_orphan_classes.fetch_or(orphan_bit(cls), std::memory_order_relaxed);
     g_orphan_slabs.fetch_or(uint64_t{1} << slab, std::memory_order_release);
     g_slab_thread[slab].store(nullptr, std::memory_order_relaxed);
-    g_live_slabs.fetch_and(~(uint64_t{1} << slab), std::memory_order_relaxed);
+    if (holds_staged(g_orphans[slab])) g_held_for_orphans.fetch_or(uint64_t{1} << slab, std::memory_order_relaxed);
+    else g_live_slabs.fetch_and(~(uint64_t{1} << slab), std::memory_order_relaxed);
   }
 }
 
@@ -120,11 +147,22 @@ void adopt_orphans(unsigned cls) {
     for (unsigned c = cls & ~1u; c <= (cls | 1u) && c < kNumClasses; ++c)
       g_heap.return_thread_list(L, g_orphans[__builtin_ctzll(m)], c);
   g_orphan_classes.fetch_and(~orphan_bit(cls), std::memory_order_relaxed);
+  release_held_slabs();
   g_heap.trimmer().leave_trim();
+}
+
+void adopt_all_orphans() {
+  for (uint64_t m = g_orphan_classes.load(std::memory_order_relaxed); m != 0; m &= m - 1)
+    adopt_orphans(2 * unsigned(__builtin_ctzll(m)));
 }
 
 unsigned assign_thread_slab() {
   uint64_t live = g_live_slabs.load(std::memory_order_relaxed);
+  // No slab free, but some held for a fork's orphans: adopt them all first.
+  if (~live == 0 && g_held_for_orphans.load(std::memory_order_relaxed) != 0) {
+    adopt_all_orphans();
+    live = g_live_slabs.load(std::memory_order_relaxed);
+  }
   while (~live != 0) {
     unsigned slab = unsigned(std::countr_one(live));
     if (g_live_slabs.compare_exchange_weak(live, live | (uint64_t{1} << slab), std::memory_order_acquire)) {

@@ -145,6 +145,7 @@ unsigned assign_thread_slab();  // cold: takes a slab no live thread has, if any
 extern std::atomic<uint64_t> g_orphan_classes;
 inline constexpr uint64_t orphan_bit(unsigned cls) { return uint64_t{1} << (cls >> 1); }
 void adopt_orphans(unsigned cls);  // cold: hands them (both classes of cls's doubling) to the shared lists
+void adopt_all_orphans();
 
 inline unsigned thread_slab() {
   unsigned s = t_thread.slab_plus_one;
@@ -477,7 +478,9 @@ class Heap {
       }
       bits1[i1] = 0;
     }
-    t.staged[cls] = 0;
+    // Released: a fork child's thread that sees the count gone (heap.cpp,
+    // release_held_slabs) sees the bits gone too.
+    std::atomic_ref<uint32_t>(t.staged[cls]).store(0, std::memory_order_release);
     if (last) Lists::push_chain(L, cls, slab, first, last);
   }
 
@@ -486,8 +489,7 @@ class Heap {
   [[gnu::cold, gnu::noinline]] bool trim_slabs(const Layout& L, uint64_t budget = UINT64_MAX) {
     if constexpr (kProcessHeap) {
       return_thread_lists(t_thread);
-      for (uint64_t m = g_orphan_classes.load(std::memory_order_relaxed); m != 0; m &= m - 1)
-        adopt_orphans(2 * unsigned(__builtin_ctzll(m)));
+      adopt_all_orphans();
     }
     return trimmer_.trim_slabs(L, budget);
   }

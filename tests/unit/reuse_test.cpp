@@ -961,6 +961,59 @@ TEST(Reuse, AForkChildLosesNoneOfTheSlotsItsDeadThreadsHadStaged) {
                                        "not the same slots)";
 }
 
+// The slab of a thread that did not follow a fork, and had staged slots, is
+// not given to a thread of the child until they are adopted: the new owner
+// would stage into the same words of the bitmap as a thread adopting them
+// clears. Unless every other slab is taken: then they are adopted at once.
+TEST(Reuse, AForkChildKeepsADeadThreadsSlabWithStagedSlotsUntilTheyAreAdopted) {
+  constexpr size_t kProbe = 100;  // 128-byte slots
+  const unsigned probe_cls = ClassOfSize(kProbe);
+  void* kept = nullptr;
+  ParkedThread parked([&] {
+    kept = smalloc_malloc(kProbe);  // marks the slab as this thread's
+    for (void* p : AllocateBlocks(kSixteenKiB, kListed + 10)) smalloc_free(p);  // 64 listed, 10 staged
+  });
+  const smalloc_class_stats before = ClassStats(probe_cls);
+  int dead_slab = -1;
+  for (int s = 0; s < SMALLOC_SLABS_PER_CLASS; ++s)
+    if (before.slabs[s].in_use == 1) dead_slab = s;
+  ASSERT_GE(dead_slab, 0);
+  ASSERT_EQ(before.in_use, 1u) << "this test needs the only 128-byte block";
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    int failures = 0;
+    std::barrier first_holds(2), all_hold(SMALLOC_SLABS_PER_CLASS + 1), counted(SMALLOC_SLABS_PER_CLASS + 1);
+    std::vector<std::thread> threads;
+    auto holder = [&](bool first) {
+      void* p = smalloc_malloc(kProbe);
+      if (first) first_holds.arrive_and_wait();
+      all_hold.arrive_and_wait();
+      counted.arrive_and_wait();
+      smalloc_free(p);
+    };
+    threads.emplace_back(holder, true);
+    first_holds.arrive_and_wait();
+    smalloc_class_stats c = ClassStats(probe_cls);
+    if (c.slabs[dead_slab].in_use != 1 || c.in_use != 2) failures |= 1;  // the first new thread took the dead one's slab
+    // 63 more: one more than the free slabs.
+    for (int t = 1; t < SMALLOC_SLABS_PER_CLASS; ++t) threads.emplace_back(holder, false);
+    all_hold.arrive_and_wait();
+    c = ClassStats(probe_cls);
+    for (int s = 0; s < SMALLOC_SLABS_PER_CLASS; ++s)
+      if (c.slabs[s].in_use != (s == dead_slab ? 2u : 1u)) failures |= 2;  // a thread had to share a slab
+    counted.arrive_and_wait();
+    for (auto& t : threads) t.join();
+    _exit(failures);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status) & 1, 0) << "a new thread took the slab whose dead thread's staged slots were not adopted";
+  EXPECT_EQ(WEXITSTATUS(status) & 2, 0) << "with every other slab taken, the held one was not given out";
+  smalloc_free(kept);
+}
+
 // A fork child gets the free slots of the threads that did not follow it
 // when it needs them, not in the fork handler: handing a slot back writes
 // into it, a copy-on-write fault per page, which a child that only execs
