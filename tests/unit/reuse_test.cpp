@@ -968,6 +968,7 @@ TEST(Reuse, AForkChildLosesNoneOfTheSlotsItsDeadThreadsHadStaged) {
 TEST(Reuse, AForkChildKeepsADeadThreadsSlabWithStagedSlotsUntilTheyAreAdopted) {
   constexpr size_t kProbe = 100;  // 128-byte slots
   const unsigned probe_cls = ClassOfSize(kProbe);
+  smalloc_free(smalloc_malloc(kSize));  // this thread has a slab, which its child keeps
   void* kept = nullptr;
   ParkedThread parked([&] {
     kept = smalloc_malloc(kProbe);  // marks the slab as this thread's
@@ -983,7 +984,8 @@ TEST(Reuse, AForkChildKeepsADeadThreadsSlabWithStagedSlotsUntilTheyAreAdopted) {
   ASSERT_GE(pid, 0);
   if (pid == 0) {
     int failures = 0;
-    std::barrier first_holds(2), all_hold(SMALLOC_SLABS_PER_CLASS + 1), counted(SMALLOC_SLABS_PER_CLASS + 1);
+    // 63 new threads: 62 slabs free, and the held one.
+    std::barrier first_holds(2), all_hold(SMALLOC_SLABS_PER_CLASS), counted(SMALLOC_SLABS_PER_CLASS);
     std::vector<std::thread> threads;
     auto holder = [&](bool first) {
       void* p = smalloc_malloc(kProbe);
@@ -996,12 +998,15 @@ TEST(Reuse, AForkChildKeepsADeadThreadsSlabWithStagedSlotsUntilTheyAreAdopted) {
     first_holds.arrive_and_wait();
     smalloc_class_stats c = ClassStats(probe_cls);
     if (c.slabs[dead_slab].in_use != 1 || c.in_use != 2) failures |= 1;  // the first new thread took the dead one's slab
-    // 63 more: one more than the free slabs.
-    for (int t = 1; t < SMALLOC_SLABS_PER_CLASS; ++t) threads.emplace_back(holder, false);
+    // 62 more: one more than the free slabs.
+    for (int t = 2; t < SMALLOC_SLABS_PER_CLASS; ++t) threads.emplace_back(holder, false);
     all_hold.arrive_and_wait();
     c = ClassStats(probe_cls);
-    for (int s = 0; s < SMALLOC_SLABS_PER_CLASS; ++s)
-      if (c.slabs[s].in_use != (s == dead_slab ? 2u : 1u)) failures |= 2;  // a thread had to share a slab
+    // One slab per thread, the held one's beside its dead thread's block,
+    // and none in this thread's (where one sharing would land, or elsewhere).
+    int alone = 0;
+    for (int s = 0; s < SMALLOC_SLABS_PER_CLASS; ++s) alone += c.slabs[s].in_use == 1;
+    if (c.slabs[dead_slab].in_use != 2 || alone != SMALLOC_SLABS_PER_CLASS - 2) failures |= 2;
     counted.arrive_and_wait();
     for (auto& t : threads) t.join();
     _exit(failures);
