@@ -60,11 +60,14 @@ constinit std::atomic<uint64_t> g_orphan_slabs{0};
 // handed back twice. So the slab stays taken until they are adopted.
 constinit std::atomic<uint64_t> g_held_for_orphans{0};
 
+// By the counts alone, which unstage zeroes after it has cleared the bits
+// (its first step empties staged_from: a slab freed on that would be
+// staged into while the bits are still being cleared). seq_cst, as is
+// that store: two threads that each finish a class, then look at the
+// other's, cannot both miss the other's and leave the slab held.
 bool holds_staged(ThreadState& t) {
   for (unsigned cls = 0; cls <= kStagedMaxClass; ++cls)
-    if (std::atomic_ref<uint32_t>(t.staged[cls]).load(std::memory_order_acquire) != 0 &&
-        std::atomic_ref<uint64_t*>(t.staged_from[cls]).load(std::memory_order_relaxed) != nullptr)
-      return true;
+    if (std::atomic_ref<uint32_t>(t.staged[cls]).load(std::memory_order_seq_cst) != 0) return true;
   return false;
 }
 
@@ -103,6 +106,9 @@ void after_fork_in_child() {
       g_heap.return_thread_lists(g_orphans[slab]);
     if constexpr (Policy::kStats) stats::retire_own(L, slab, t->counts);
     g_orphans[slab] = *t;
+    // A count with no bits to find (the thread stopped inside unstage): nothing to adopt.
+    for (unsigned cls = 0; cls <= kStagedMaxClass; ++cls)
+      if (g_orphans[slab].staged_from[cls] == nullptr) g_orphans[slab].staged[cls] = 0;
     for (unsigned cls = 0; cls < kNumClasses; ++cls)
       if ((cls < kDiscardClass && t->own_head[cls] != nullptr) || (cls <= kStagedMaxClass && t->staged[cls] != 0) ||
           (cls <= kRunMaxClass && t->run_next[cls] != t->run_end[cls]))
@@ -157,26 +163,26 @@ void adopt_all_orphans() {
 }
 
 unsigned assign_thread_slab() {
-  uint64_t live = g_live_slabs.load(std::memory_order_relaxed);
-  // No slab free, but some held for a fork's orphans: adopt them all first.
-  if (~live == 0 && g_held_for_orphans.load(std::memory_order_relaxed) != 0) {
-    adopt_all_orphans();
-    live = g_live_slabs.load(std::memory_order_relaxed);
-  }
-  while (~live != 0) {
-    unsigned slab = unsigned(std::countr_one(live));
-    if (g_live_slabs.compare_exchange_weak(live, live | (uint64_t{1} << slab), std::memory_order_acquire)) {
-      t_thread.slab_plus_one = slab + 1;
-      release_at_thread_exit(slab);
-      if (!thread_shares_slab()) {
-        g_slab_thread[slab].store(&t_thread, std::memory_order_relaxed);
-        // The process heap has its memory by now (only a test heap could come
-        // first: then the thread's counts stay unpublished, and go uncounted).
-        const Layout L = g_heap.layout();
-        if (Policy::kStats && L.max_class() >= kMinClass) stats::publish_own(L, slab, &t_thread.counts);
+  for (bool adopted = false;; adopted = true) {
+    uint64_t live = g_live_slabs.load(std::memory_order_relaxed);
+    while (~live != 0) {
+      unsigned slab = unsigned(std::countr_one(live));
+      if (g_live_slabs.compare_exchange_weak(live, live | (uint64_t{1} << slab), std::memory_order_acquire)) {
+        t_thread.slab_plus_one = slab + 1;
+        release_at_thread_exit(slab);
+        if (!thread_shares_slab()) {
+          g_slab_thread[slab].store(&t_thread, std::memory_order_relaxed);
+          // The process heap has its memory by now (only a test heap could come
+          // first: then the thread's counts stay unpublished, and go uncounted).
+          const Layout L = g_heap.layout();
+          if (Policy::kStats && L.max_class() >= kMinClass) stats::publish_own(L, slab, &t_thread.counts);
+        }
+        return slab;
       }
-      return slab;
     }
+    // No slab free, but some held for a fork's orphans: adopt them all, once.
+    if (adopted || g_held_for_orphans.load(std::memory_order_relaxed) == 0) break;
+    adopt_all_orphans();
   }
   // More than 64 live threads: share slabs round-robin (the CAS keeps it safe).
   unsigned slab = g_next_shared.fetch_add(1, std::memory_order_relaxed) % kNumSlabs;

@@ -478,9 +478,9 @@ class Heap {
       }
       bits1[i1] = 0;
     }
-    // Released: a fork child's thread that sees the count gone (heap.cpp,
-    // release_held_slabs) sees the bits gone too.
-    std::atomic_ref<uint32_t>(t.staged[cls]).store(0, std::memory_order_release);
+    // After the bits: a fork child's thread that sees the count gone
+    // (heap.cpp, holds_staged) sees the bits gone too.
+    std::atomic_ref<uint32_t>(t.staged[cls]).store(0, std::memory_order_seq_cst);
     if (last) Lists::push_chain(L, cls, slab, first, last);
   }
 

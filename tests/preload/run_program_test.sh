@@ -35,15 +35,16 @@ fail() {
 
 # Where every thread of every process in group $1 is: a hang that CI meets
 # once in hundreds of runs must say where it was when it is killed.
+# At most 30 s in all, so that the test's own TIMEOUT does not cut it off.
 stacks() {
-  local p
+  local p end=$((SECONDS + 30))
   for p in $(pgrep -g "$1"); do
+    ((SECONDS < end)) || { echo "=== (no time left for the rest)"; return; }
     echo "=== pid $p: $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null)"
-    if command -v gdb >/dev/null; then
-      timeout 20 gdb -batch -nx -p "$p" -ex "thread apply all bt 25" 2>&1 | grep -E '^(Thread|#)'
-    else
-      grep -H . /proc/"$p"/task/*/wchan 2>/dev/null
-    fi
+    # gdb's own complaints (ptrace refused, say) are kept; wchan too.
+    command -v gdb >/dev/null &&
+      timeout 10 gdb -batch -nx -p "$p" -ex "thread apply all bt 25" 2>&1 | grep -E '^(Thread|#)|ptrace|attach|denied'
+    grep -H . /proc/"$p"/task/*/wchan 2>/dev/null
   done
 }
 
@@ -67,6 +68,7 @@ run() {
   else
     wait "$pid"
     status=$?
+    kill -KILL -- -"$pid" 2>/dev/null  # whatever it left running in its group
   fi
   printf -v "status_$tag" %d "$status"
   printf -v "secs_$tag" %.2f "$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')"
