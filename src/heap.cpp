@@ -89,8 +89,8 @@ void after_fork_in_parent() { g_heap.trimmer().end_fork(false); }
 // stay taken, and the slots they held to themselves stranded: the slabs are
 // freed (those with staged slots once these are adopted), and the slots
 // recorded in g_orphans for the child's threads to take back as they need
-// them. (A thread interrupted inside free() may lose the
-// one slot it was freeing; one inside a stats read has its count reset.)
+// them. (A thread interrupted inside free() may lose the one slot it was
+// freeing; one inside a stats read has its count reset.)
 void after_fork_in_child() {
   g_heap.trimmer().end_fork(true);
   const Layout L = g_heap.layout();
@@ -105,17 +105,18 @@ void after_fork_in_child() {
     if (g_orphan_slabs.load(std::memory_order_relaxed) & (uint64_t{1} << slab))
       g_heap.return_thread_lists(g_orphans[slab]);
     if constexpr (Policy::kStats) stats::retire_own(L, slab, t->counts);
-    g_orphans[slab] = *t;
+    ThreadState& orphan = g_orphans[slab] = *t;
     // A count with no bits to find (the thread stopped inside unstage): nothing to adopt.
     for (unsigned cls = 0; cls <= kStagedMaxClass; ++cls)
-      if (g_orphans[slab].staged_from[cls] == nullptr) g_orphans[slab].staged[cls] = 0;
+      if (orphan.staged_from[cls] == nullptr) orphan.staged[cls] = 0;
     for (unsigned cls = 0; cls < kNumClasses; ++cls)
-      if ((cls < kDiscardClass && t->own_head[cls] != nullptr) || (cls <= kStagedMaxClass && t->staged[cls] != 0) ||
-          (cls <= kRunMaxClass && t->run_next[cls] != t->run_end[cls]))
+      if ((cls < kDiscardClass && orphan.own_head[cls] != nullptr) ||
+          (cls <= kStagedMaxClass && orphan.staged[cls] != 0) ||
+          (cls <= kRunMaxClass && orphan.run_next[cls] != orphan.run_end[cls]))
         g_orphan_classes.fetch_or(orphan_bit(cls), std::memory_order_relaxed);
     g_orphan_slabs.fetch_or(uint64_t{1} << slab, std::memory_order_release);
     g_slab_thread[slab].store(nullptr, std::memory_order_relaxed);
-    if (holds_staged(g_orphans[slab])) g_held_for_orphans.fetch_or(uint64_t{1} << slab, std::memory_order_relaxed);
+    if (holds_staged(orphan)) g_held_for_orphans.fetch_or(uint64_t{1} << slab, std::memory_order_relaxed);
     else g_live_slabs.fetch_and(~(uint64_t{1} << slab), std::memory_order_relaxed);
   }
 }

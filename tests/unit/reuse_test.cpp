@@ -102,6 +102,13 @@ class ParkedThread {
   std::thread thread_;  // last: starts once the members it uses exist
 };
 
+// The exit status of the fork child `pid`; -1 if it did not exit normally.
+int ChildExitStatus(pid_t pid) {
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
+  return WEXITSTATUS(status);
+}
+
 TEST(Reuse, SlotsAThreadFreedItselfOutliveItAndAreReusedByTheNextThread) {
   smalloc_free(smalloc_malloc(1));  // the main thread takes its slab first
   std::vector<void*> first;
@@ -192,10 +199,9 @@ TEST(Reuse, AForkChildTakesWhatOtherThreadsFreedIntoADeadThreadsSlab) {
     // (The dead owner's unused run goes back untouched: the count may fall.)
     _exit(Touched(cls) <= touched + 64 && reused >= kBlocks - 64 ? 0 : 1);
   }
-  int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "the child touched new memory while freed slots waited";
+  const int status = ChildExitStatus(pid);
+  ASSERT_GE(status, 0) << "the child did not exit normally";
+  EXPECT_EQ(status, 0) << "the child touched new memory while freed slots waited";
 }
 
 // A live thread keeps at most 1 MiB of a class on its private list: the rest
@@ -440,13 +446,6 @@ TEST(Reuse, AFreedBufferOfMoreThanSixteenMiBGoesBack) {
 // A fork child inherits none of the parent's other threads: their slabs must
 // be free for the child's threads, and the slots on their private lists found
 // again before new memory is touched. The child reports by exit status.
-// The exit status of the fork child `pid`; -1 if it did not exit normally.
-int ChildExitStatus(pid_t pid) {
-  int status = 0;
-  if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
-  return WEXITSTATUS(status);
-}
-
 TEST(Reuse, AForkChildTakesOverWhatThreadsThatDidNotFollowLeft) {
   constexpr size_t kListed = 3000;  // 3 KiB slots: no other test here uses them
   constexpr size_t kProbe = 100;    // 128-byte slots: idem
@@ -496,7 +495,7 @@ TEST(Reuse, AForkChildTakesOverWhatThreadsThatDidNotFollowLeft) {
   const int status = ChildExitStatus(pid);
   ASSERT_GE(status, 0) << "the child did not exit normally";
   EXPECT_EQ(status & 1, 0) << "the child touched new memory while the private lists of the threads "
-                                           "that did not follow it held free slots";
+                              "that did not follow it held free slots";
   EXPECT_EQ(status & 2, 0) << "the slabs of threads that did not follow were not free in the child";
 }
 
@@ -915,17 +914,15 @@ TEST(Reuse, AForkChildGetsBackTheNewSlotsItsDeadThreadsTookAhead) {
     void* p = smalloc_malloc(kEight);  // the first of the class in the child: one new slot
     _exit(p != nullptr && Touched(cls) == 101 ? 0 : 1);
   }
-  int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "the slots a dead thread took ahead were stranded in the fork child";
+  const int status = ChildExitStatus(pid);
+  ASSERT_GE(status, 0) << "the child did not exit normally";
+  EXPECT_EQ(status, 0) << "the slots a dead thread took ahead were stranded in the fork child";
 }
 
 // What a thread that did not follow a fork had staged (freed beyond its
 // private list, not yet on the shared list) is bits in its slab's part of
-// the staged bitmap. A thread of the child that took the same slab staged
-// into the same words: its hand-off swept up the dead thread's bits with its
-// own, cleared a word it had not finished, and slots were lost for good.
+// the staged bitmap: the child gets those slots back, with the ones the
+// thread had handed to the shared list, before it touches new memory.
 TEST(Reuse, AForkChildLosesNoneOfTheSlotsItsDeadThreadsHadStaged) {
   const unsigned cls = ClassOfSize(kSixteenKiB);
   constexpr int kMany = 3 * kListed + kListed / 2;
@@ -962,8 +959,7 @@ TEST(Reuse, AForkChildLosesNoneOfTheSlotsItsDeadThreadsHadStaged) {
   }
   const int status = ChildExitStatus(pid);
   ASSERT_GE(status, 0) << "the child did not exit normally";
-  EXPECT_EQ(status, 0) << "free slots were lost in the fork child (1: new ones touched, 2: "
-                                       "not the same slots)";
+  EXPECT_EQ(status, 0) << "free slots were lost in the fork child (1: new ones touched, 2: not the same slots)";
 }
 
 // The slab of a thread that did not follow a fork, and had staged slots, is
@@ -1041,10 +1037,9 @@ TEST(Reuse, AForkChildWritesIntoNoneOfTheSlotsItsDeadThreadsHeld) {
     getrusage(RUSAGE_SELF, &u);  // the child's count starts at the fork, before the handlers ran
     _exit(u.ru_minflt < 256 ? 0 : 1);
   }
-  int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "the fork handler faulted in pages of the dead threads' free slots";
+  const int status = ChildExitStatus(pid);
+  ASSERT_GE(status, 0) << "the child did not exit normally";
+  EXPECT_EQ(status, 0) << "the fork handler faulted in pages of the dead threads' free slots";
 }
 
 // The fork handler of a child with nothing to take over writes next to
@@ -1063,10 +1058,9 @@ TEST(Reuse, AForkChildThatOnlyExitsTouchesFewPages) {
     // the rows' 65 came on top.
     _exit(u.ru_minflt < 60 ? 0 : 1);
   }
-  int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "the fork handler touched a page per statistics row, or more";
+  const int status = ChildExitStatus(pid);
+  ASSERT_GE(status, 0) << "the child did not exit normally";
+  EXPECT_EQ(status, 0) << "the fork handler touched a page per statistics row, or more";
 }
 
 // A fork taken while another thread trims a slab, whose free list is off its
