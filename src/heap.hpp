@@ -417,7 +417,11 @@ class Heap {
   // uncounted again). Otherwise they go on the list as used slots.
   static void return_run(const Layout& L, ThreadState& t, unsigned cls) {
     if (cls > kRunMaxClass) return;
+    // Only the thread whose exchange took the run touches its end: two
+    // threads of a fork child adopting the same orphan (adopt_orphans) both
+    // come here, and the other's store of null lost the run.
     char* const next = std::atomic_ref<char*>(t.run_next[cls]).exchange(nullptr, std::memory_order_acquire);
+    if (next == nullptr) return;
     char* const end = t.run_end[cls];
     t.run_end[cls] = nullptr;
     Where w;
@@ -456,8 +460,9 @@ class Heap {
   // Hands t's staged slots of `cls` to the shared list, lowest first.
   [[gnu::noinline, gnu::cold]] static void unstage(const Layout& L, ThreadState& t, unsigned cls) {
     uint64_t* const lowest = std::atomic_ref<uint64_t*>(t.staged_from[cls]).exchange(nullptr, std::memory_order_acquire);
+    if (lowest == nullptr) return;  // none, or another thread adopting the same orphan has them
     uint32_t left = t.staged[cls];
-    if (left == 0 || lowest == nullptr) return;
+    if (left == 0) return;
     auto* const bits0 = reinterpret_cast<uint64_t*>(L.staged_bits0(cls));
     auto* const bits1 = reinterpret_cast<uint64_t*>(L.staged_bits1(cls));
     const uintptr_t from = uintptr_t(lowest - bits0);  // the lowest level-0 word with a bit
