@@ -6,6 +6,11 @@
 // anew, while no more than one such buffer stays resident; malloc_trim gives
 // back the pages of free small slots at the top of a slab. Linked to the
 // prefixed library, so only these calls use the heap.
+//
+// Each test expects a process of its own, as ctest gives it (one run per
+// test, gtest_discover_tests): the figures it reads are the whole process
+// heap's. Run directly, the file's order works; --gtest_shuffle does not
+// (what one test leaves free, another finds).
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/resource.h>

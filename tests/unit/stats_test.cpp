@@ -2,6 +2,11 @@
 // threads allocate. Linked to the prefixed library, so only the smalloc_*
 // calls below reach the heap being counted (GoogleTest uses libc's malloc),
 // and every figure can be predicted exactly.
+//
+// Each test expects a process of its own, as ctest gives it (one run per
+// test, gtest_discover_tests): the figures it reads are the whole process
+// heap's. Run directly, the file's order works; --gtest_shuffle does not
+// (what one test leaves free, another finds).
 #include <gtest/gtest.h>
 
 #include <atomic>
