@@ -215,11 +215,13 @@ class Trimmer {
       if (whole) top = link & kSlotMask;
       uint32_t keep = top;
       while (whole && keep > 0 && marked(keep - 1)) --keep;
-      // From a slot that starts a page: every `period` slots do.
-      const unsigned align = class_align_shift(cls);
-      const uint32_t period = align < pal::kPageShift ? uint32_t{1} << (pal::kPageShift - align) : 1;
-      keep = (keep + period - 1) / period * period;
-      if (whole && keep < top && !pal::discard(L.slot(cls, slab, keep), size_t(top - keep) * slot_bytes)) {
+      // From a slot that starts a page (one in 4096 >> class_align_shift
+      // does), or from the slab's first page: the slab starts kSlabSkew into
+      // its span, and what precedes its first slot is no slot's.
+      while (keep > 0 && keep < top && (reinterpret_cast<uintptr_t>(L.slot(cls, slab, keep)) & (pal::kPageSize - 1)) != 0)
+        ++keep;
+      char* const from = reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(L.slot(cls, slab, keep)) & ~(pal::kPageSize - 1));
+      if (whole && keep < top && !pal::discard(from, size_t(L.slot(cls, slab, top) - from))) {
         keep = top;  // the kernel kept the pages: so do we
         all_given = false;
       }

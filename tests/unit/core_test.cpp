@@ -72,15 +72,20 @@ TEST(Layout, SizeClassIsTheSmallestClassThatHoldsTheRequestAlignedEnough) {
     }
 }
 
-// Pure arithmetic on the full-size layout (no reservation needed): every
-// class's first, second, middle and last slot in the first, second and last
-// slab decodes back to itself, from its first byte and from its last.
+// Pure arithmetic on the full-size layout and on fallback ones (no
+// reservation needed): every class's first, second, middle and last slot in
+// the first, second and last slab decodes back to itself, from its first
+// byte and from its last; the slots fill the slab after its skew.
 TEST(Layout, EverySlotEdgeRoundTripsThroughItsAddress) {
-  const Layout L = Layout::decode(Layout::encode(uintptr_t{1} << 45, kMaxSpanShift));
-  for (unsigned cls = kMinClass; cls <= L.max_class(); ++cls) {
+  for (unsigned s : {kMinSpanShift, 21u, kMaxSpanShift})
+  for (unsigned cls = kMinClass; cls <= 2 * s; ++cls) {
+    const Layout L = Layout::decode(Layout::encode(uintptr_t{1} << 45, s));
     if (!class_exists(cls)) continue;
     const uint32_t n = L.slots_per_slab(cls);
-    ASSERT_EQ(n, (size_t{1} << L.span_shift) / class_bytes(cls)) << cls;
+    const size_t span = size_t{1} << s;
+    ASSERT_LT(L.skew(cls), span / 16) << cls;
+    ASSERT_EQ(n, (span - L.skew(cls)) / class_bytes(cls)) << cls;
+    ASSERT_LE(L.slot(cls, 0, n - 1) + class_bytes(cls), L.slot(cls, 0, 0) - L.skew(cls) + span) << cls;
     for (unsigned slab : {0u, 1u, kNumSlabs - 1}) {
       for (uint32_t index : {0u, 1u % n, n / 2, n - 1}) {
         char* p = L.slot(cls, slab, index);
@@ -94,6 +99,20 @@ TEST(Layout, EverySlotEdgeRoundTripsThroughItsAddress) {
       }
     }
   }
+}
+
+// Every span starts on a 2^S boundary: without a skew the first slots of
+// every class, where a small heap lives, shared their cache sets.
+TEST(Layout, TheFirstSlotsOfTheSmallClassesFallInDifferentCacheSets) {
+  const Layout L = Layout::decode(Layout::encode(uintptr_t{1} << 45, kMaxSpanShift));
+  std::set<uintptr_t> offsets;  // modulo 64 KiB: as spread over an L2 cache's sets
+  size_t classes = 0;
+  for (unsigned cls = kMinClass; class_bytes(cls) <= 4096; ++cls) {
+    if (!class_exists(cls)) continue;
+    ++classes;
+    offsets.insert(reinterpret_cast<uintptr_t>(L.slot(cls, 0, 0)) % 65536);
+  }
+  EXPECT_EQ(offsets.size(), classes) << "two small classes' slabs start at the same offset modulo 64 KiB";
 }
 
 TEST(Layout, AddressesOutsideTheSlotAreasAreNotOurs) {
