@@ -215,9 +215,10 @@ class Trimmer {
       if (whole) top = link & kSlotMask;
       uint32_t keep = top;
       while (whole && keep > 0 && marked(keep - 1)) --keep;
-      // From a slot that starts a page (one in 4096 >> class_align_shift
-      // does), or from the slab's first page: the slab starts kSlabSkew into
-      // its span, and what precedes its first slot is no slot's.
+      // From a slot that starts a page (every slot of a class aligned to
+      // 4 KiB or more; one in 4096 >> class_align_shift below), or from the
+      // slab's first page: the slab starts kSlabSkew into its span, and
+      // what precedes its first slot is no slot's.
       while (keep > 0 && keep < top && (reinterpret_cast<uintptr_t>(L.slot(cls, slab, keep)) & (pal::kPageSize - 1)) != 0)
         ++keep;
       char* const from = reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(L.slot(cls, slab, keep)) & ~(pal::kPageSize - 1));
