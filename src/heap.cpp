@@ -144,6 +144,7 @@ void release_at_thread_exit(unsigned slab) {
 }  // namespace
 
 constinit std::atomic<uint64_t> g_orphan_classes{0};
+constinit std::atomic<uint64_t> g_used_slabs{0};
 
 void adopt_orphans(unsigned cls) {
   // The lists are off their records while they go back: a fork meanwhile
@@ -169,6 +170,7 @@ unsigned assign_thread_slab() {
     while (~live != 0) {
       unsigned slab = unsigned(std::countr_one(live));
       if (g_live_slabs.compare_exchange_weak(live, live | (uint64_t{1} << slab), std::memory_order_acquire)) {
+        mark_slab_used(slab);
         t_thread.slab_plus_one = slab + 1;
         release_at_thread_exit(slab);
         if (!thread_shares_slab()) {
@@ -187,6 +189,7 @@ unsigned assign_thread_slab() {
   }
   // More than 64 live threads: share slabs round-robin (the CAS keeps it safe).
   unsigned slab = g_next_shared.fetch_add(1, std::memory_order_relaxed) % kNumSlabs;
+  mark_slab_used(slab);
   t_thread.slab_plus_one = slab + 1 + kNumSlabs;
   return slab;
 }

@@ -147,6 +147,17 @@ inline constexpr uint64_t orphan_bit(unsigned cls) { return uint64_t{1} << (cls 
 void adopt_orphans(unsigned cls);  // cold: hands them (both classes of cls's doubling) to the shared lists
 void adopt_all_orphans();
 
+// Bit s is set once a thread has taken slab s (for itself or to share) or a
+// fail-over has taken a slot of it: no other slab can hold a free slot, so
+// a look at the other slabs reads only these heads. (Reading all 64 read
+// the 4 pages of a class's heads, a page fault each, in every process that
+// had only ever had one thread.)
+extern std::atomic<uint64_t> g_used_slabs;
+inline void mark_slab_used(unsigned slab) {
+  const uint64_t bit = uint64_t{1} << slab;
+  if (!(g_used_slabs.load(std::memory_order_relaxed) & bit)) g_used_slabs.fetch_or(bit, std::memory_order_relaxed);
+}
+
 inline unsigned thread_slab() {
   unsigned s = t_thread.slab_plus_one;
   return __builtin_expect(s != 0, 1) ? (s - 1) % kNumSlabs : assign_thread_slab();
@@ -603,12 +614,13 @@ class Heap {
   // The thread's slab has no used free slot left. Before touching new memory,
   // take a used free slot from another slab of the class: otherwise each slab
   // grows to its own owner's peak while free memory sits in the others (the
-  // producer/consumer and server patterns). Looking costs a read of 63 heads,
-  // so a thread that found nothing looks again only after twice as many new
-  // slots as last time (up to kMaxLookGap); finding something resets that,
-  // and the next look starts where this one found it. A thread that shares
-  // its slab (one of more than 64) comes here for every allocation, and
-  // takes a used free slot of its slab first.
+  // producer/consumer and server patterns). Looking costs a read of up to 63
+  // heads (those of g_used_slabs), so a thread that found nothing looks
+  // again only after twice as many new slots as last time (up to
+  // kMaxLookGap); finding something resets that, and the next look starts
+  // where this one found it. A thread that shares its slab (one of more
+  // than 64) comes here for every allocation, and takes a used free slot of
+  // its slab first.
   //
   // Most calls come from a thread that owns its slab, with nothing to look
   // at first: a growing heap. Those take the new slot at once, in a
@@ -663,8 +675,10 @@ class Heap {
     if (t_thread.look_wait[cls] == 0) {
       looked = true;
       const unsigned start = t_thread.look_from[cls];
+      const uint64_t used = kProcessHeap ? g_used_slabs.load(std::memory_order_relaxed) : ~uint64_t{0};
       for (unsigned k = 0; k < kNumSlabs; ++k) {
         const unsigned slab = (start + k) % kNumSlabs;
+        if (!((used >> slab) & 1)) continue;
         const uint64_t word = L.head<FreeListHead>(cls, slab).word.load(std::memory_order_relaxed);
         if (slab == home || (!(uint32_t(word) & kTouched) && !Lists::take_remote(L, cls, slab))) continue;
         if (void* p = take_used(slab)) {
@@ -760,6 +774,7 @@ class Heap {
         const unsigned slab = (home + k) % kNumSlabs;
         Lists::take_remote(L, c, slab);
         if (char* slot = Lists::pop(L, c, slab, fresh)) {
+          if constexpr (kProcessHeap) mark_slab_used(slab);
           count_allocation(L, home, c, slab, size, fresh, thread_shares_slab());
           if constexpr (Policy::kStats) {
             if (c != cls)

@@ -107,6 +107,44 @@ class ParkedThread {
   std::thread thread_;  // last: starts once the members it uses exist
 };
 
+// Pages of [p, p + n) in memory (a page the kernel maps to its shared zero
+// page on a read counts too).
+size_t ResidentPages(void* p, size_t n) {
+  const size_t page = size_t(sysconf(_SC_PAGESIZE));
+  // mincore takes a page-aligned start (blocks may start past one) and fills
+  // one byte per page started.
+  const uintptr_t start = reinterpret_cast<uintptr_t>(p) & -uintptr_t(page);
+  n += reinterpret_cast<uintptr_t>(p) - start;
+  std::vector<unsigned char> v((n + page - 1) / page);
+  EXPECT_EQ(mincore(reinterpret_cast<void*>(start), n, v.data()), 0);
+  return size_t(std::count_if(v.begin(), v.end(), [](unsigned char c) { return c & 1; }));
+}
+
+// A process that has only ever had one thread has free slots in no other
+// slab, so its first allocation of a class looks at no other slab's head:
+// the class's 64 heads fill 4 pages, and reading them was a page fault
+// each. (First in the file: tests with threads take other slabs.)
+TEST(Reuse, AProcessThatHadOneThreadReadsNoOtherSlabsHeads) {
+  constexpr size_t kTwelveKiB = 12000;  // 12 KiB slots: no other test here uses them
+  void* p = smalloc_malloc(kTwelveKiB);
+  ASSERT_NE(p, nullptr);
+  const unsigned cls = ClassOf(p);
+  auto s = std::make_unique<smalloc_stats>();
+  ASSERT_EQ(smalloc_stats_snapshot(s.get()), 0);
+  unsigned slab = 0;
+  while (slab < s->slabs_per_class && s->classes[cls].slabs[slab].in_use == 0) ++slab;
+  ASSERT_LT(slab, s->slabs_per_class);
+  // The layout (README): slab `slab` of class c spans 2^S bytes from base +
+  // ((c - 5) * 64 + slab) * 2^S; the free-list heads are at base, 256 bytes
+  // for each (class, slab), the 64 of a class together.
+  const unsigned span = s->span_shift;
+  const uintptr_t base = (reinterpret_cast<uintptr_t>(p) & -(uintptr_t{1} << span)) -
+                         ((uintptr_t{cls - 5} * s->slabs_per_class + slab) << span);
+  char* const heads = reinterpret_cast<char*>(base + uintptr_t{cls} * s->slabs_per_class * 256);
+  EXPECT_EQ(ResidentPages(heads, s->slabs_per_class * 256), 1u) << "other slabs' heads were read";
+  smalloc_free(p);
+}
+
 // The exit status of the fork child `pid`; -1 if it did not exit normally.
 int ChildExitStatus(pid_t pid) {
   int status = 0;
@@ -324,16 +362,6 @@ size_t CallocNonzeroBytes(size_t size, int n, std::vector<void*>& out) {
 }
 
 // Pages of [p, p + n) that are resident.
-size_t ResidentPages(void* p, size_t n) {
-  const size_t page = size_t(sysconf(_SC_PAGESIZE));
-  // mincore takes a page-aligned start (blocks may start past one) and fills
-  // one byte per page started.
-  const uintptr_t start = reinterpret_cast<uintptr_t>(p) & -uintptr_t(page);
-  n += reinterpret_cast<uintptr_t>(p) - start;
-  std::vector<unsigned char> v((n + page - 1) / page);
-  EXPECT_EQ(mincore(reinterpret_cast<void*>(start), n, v.data()), 0);
-  return size_t(std::count_if(v.begin(), v.end(), [](unsigned char c) { return c & 1; }));
-}
 
 // Slots of 4, 8 and 16 MiB: the last one freed of each class stays resident
 // (a buffer freed and allocated again in a loop), and only that one.
