@@ -71,7 +71,7 @@ static_assert(kMinSpanShift > kMinClass / 2 && kMinSpanShift >= 13);
 // a 2^S boundary, so without it the first slots of every class, the ones a
 // small heap lives in, fell into the same few cache sets: in a full-size
 // A/B, threads/local-1 and server-2 ran 1.07x as long, server-1 1.11x. (A
-// skew below 8 KiB gained only a third of that.)
+// skew below 8 KiB gained only a quarter of that.)
 inline constexpr size_t kSkewedMaxBytes = 4096;
 inline constexpr auto kSlabSkew = [] {
   std::array<uint32_t, kNumClasses> skew{};
