@@ -292,13 +292,25 @@ bool redzones_intact(char* slot, unsigned cls, unsigned slab, void* p, const Hea
   return true;
 }
 
+// The slot a pointer of the reservation falls in, or nullptr if none: one
+// in the skew before a slab's first slot (layout.hpp) decodes to a number
+// past the slab's slots, whose address may not even be mapped.
+char* slot_of(const Layout& L, const Layout::Where& w) {
+  return w.index < L.slots_per_slab(w.cls) ? L.slot(w.cls, w.slab, w.index) : nullptr;
+}
+
 // Checks a block being freed (or realloc'd away) and marks it freed; returns
 // its slot, or nullptr if it must not be recycled.
 char* release(const Layout& L, const Layout::Where& w, void* p, Kind kind, const char* what) {
-  char* slot = L.slot(w.cls, w.slab, w.index);
+  char* slot = slot_of(L, w);
+  char detail[160];
+  if (!slot) {
+    snprintf(detail, sizeof detail, "%s of a pointer that is not the start of a block smalloc returned", what);
+    report(Error::InvalidFree, p, nullptr, w.cls, w.slab, detail);
+    return nullptr;
+  }
   Exposed open(slot, kHeaderBytes);
   Header& h = *header(slot);
-  char detail[160];
   if (h.magic != kMagic || h.state.load() == kNeverAllocated || slot + (size_t{1} << h.front_shift) != p) {
     snprintf(detail, sizeof detail, "%s of a pointer that is not the start of a block smalloc returned", what);
     report(Error::InvalidFree, p, h.magic == kMagic ? &h : nullptr, w.cls, w.slab, detail);
@@ -352,7 +364,8 @@ int flush_quarantine() {
 }
 
 size_t block_size(const Layout& L, const Layout::Where& w, const void* p) {
-  char* slot = L.slot(w.cls, w.slab, w.index);
+  char* slot = slot_of(L, w);
+  if (!slot) return 0;
   Exposed open(slot, kHeaderBytes);
   const Header& h = *header(slot);
   bool live = h.magic == kMagic && h.state.load() == kLive && slot + (size_t{1} << h.front_shift) == p;
@@ -360,7 +373,11 @@ size_t block_size(const Layout& L, const Layout::Where& w, const void* p) {
 }
 
 bool resize(const Layout& L, const Layout::Where& w, void* p, size_t size) {
-  char* slot = L.slot(w.cls, w.slab, w.index);
+  char* slot = slot_of(L, w);
+  if (!slot) {
+    report(Error::InvalidFree, p, nullptr, w.cls, w.slab, "realloc of a pointer that is not a live block smalloc returned");
+    return false;
+  }
   Exposed open(slot, kHeaderBytes);
   Header& h = *header(slot);
   if (h.magic != kMagic || h.state.load() != kLive || slot + (size_t{1} << h.front_shift) != p) {
