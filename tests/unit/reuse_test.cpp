@@ -361,8 +361,6 @@ size_t CallocNonzeroBytes(size_t size, int n, std::vector<void*>& out) {
   return nonzero;
 }
 
-// Pages of [p, p + n) that are resident.
-
 // Slots of 4, 8 and 16 MiB: the last one freed of each class stays resident
 // (a buffer freed and allocated again in a loop), and only that one.
 void ExpectTheLastFreedBufferKeptAndOnlyThatOne(size_t big) {
