@@ -302,20 +302,18 @@ char* slot_of(const Layout& L, const Layout::Where& w) {
 // Checks a block being freed (or realloc'd away) and marks it freed; returns
 // its slot, or nullptr if it must not be recycled.
 char* release(const Layout& L, const Layout::Where& w, void* p, Kind kind, const char* what) {
-  char* slot = slot_of(L, w);
   char detail[160];
-  if (!slot) {
+  const auto not_a_block = [&](const Header* h) -> char* {
     snprintf(detail, sizeof detail, "%s of a pointer that is not the start of a block smalloc returned", what);
-    report(Error::InvalidFree, p, nullptr, w.cls, w.slab, detail);
+    report(Error::InvalidFree, p, h, w.cls, w.slab, detail);
     return nullptr;
-  }
+  };
+  char* slot = slot_of(L, w);
+  if (!slot) return not_a_block(nullptr);
   Exposed open(slot, kHeaderBytes);
   Header& h = *header(slot);
-  if (h.magic != kMagic || h.state.load() == kNeverAllocated || slot + (size_t{1} << h.front_shift) != p) {
-    snprintf(detail, sizeof detail, "%s of a pointer that is not the start of a block smalloc returned", what);
-    report(Error::InvalidFree, p, h.magic == kMagic ? &h : nullptr, w.cls, w.slab, detail);
-    return nullptr;
-  }
+  if (h.magic != kMagic || h.state.load() == kNeverAllocated || slot + (size_t{1} << h.front_shift) != p)
+    return not_a_block(h.magic == kMagic ? &h : nullptr);
   uint8_t live = kLive;
   if (!h.state.compare_exchange_strong(live, kFreed)) {
     snprintf(detail, sizeof detail, "%s of a block that was already freed", what);
@@ -373,18 +371,16 @@ size_t block_size(const Layout& L, const Layout::Where& w, const void* p) {
 }
 
 bool resize(const Layout& L, const Layout::Where& w, void* p, size_t size) {
-  char* slot = slot_of(L, w);
-  if (!slot) {
-    report(Error::InvalidFree, p, nullptr, w.cls, w.slab, "realloc of a pointer that is not a live block smalloc returned");
+  const auto not_a_block = [&](const Header* h) {
+    report(Error::InvalidFree, p, h, w.cls, w.slab, "realloc of a pointer that is not a live block smalloc returned");
     return false;
-  }
+  };
+  char* slot = slot_of(L, w);
+  if (!slot) return not_a_block(nullptr);
   Exposed open(slot, kHeaderBytes);
   Header& h = *header(slot);
-  if (h.magic != kMagic || h.state.load() != kLive || slot + (size_t{1} << h.front_shift) != p) {
-    report(Error::InvalidFree, p, h.magic == kMagic ? &h : nullptr, w.cls, w.slab,
-           "realloc of a pointer that is not a live block smalloc returned");
-    return false;
-  }
+  if (h.magic != kMagic || h.state.load() != kLive || slot + (size_t{1} << h.front_shift) != p)
+    return not_a_block(h.magic == kMagic ? &h : nullptr);
   if (h.kind != Kind::Malloc) {
     report(Error::Mismatch, p, &h, w.cls, w.slab, "realloc of a block allocated with new");
   }
