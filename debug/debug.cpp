@@ -294,9 +294,13 @@ bool redzones_intact(char* slot, unsigned cls, unsigned slab, void* p, const Hea
 
 // The slot a pointer of the reservation falls in, or nullptr if none: one
 // in the skew before a slab's first slot (layout.hpp) decodes to a number
-// past the slab's slots, whose address may not even be mapped.
+// past the slab's slots, whose address may not even be mapped; nor, in a
+// layout committed on demand, is a slot past what its slab committed.
 char* slot_of(const Layout& L, const Layout::Where& w) {
-  return w.index < L.slots_per_slab(w.cls) ? L.slot(w.cls, w.slab, w.index) : nullptr;
+  if (w.index >= L.slots_per_slab(w.cls)) return nullptr;
+  char* const slot = L.slot(w.cls, w.slab, w.index);
+  const uint64_t end = uint64_t(slot - reinterpret_cast<char*>(L.base)) % (uint64_t{1} << L.span_shift) + class_bytes(w.cls);
+  return end <= commit::usable(L, w.cls, w.slab) ? slot : nullptr;
 }
 
 // Checks a block being freed (or realloc'd away) and marks it freed; returns

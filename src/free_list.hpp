@@ -26,6 +26,9 @@ struct alignas(kHeadBytes) FreeListHead {
   // The same for malloc_trim's trims, which leave every free slot larger than
   // a page with one page: the next has nothing more to give back either.
   std::atomic<uint32_t> trimmed_thoroughly_at;
+  // In a layout committed on demand: how many bytes from the start of the
+  // slab's span are usable (commit.hpp). Only grows.
+  std::atomic<uint64_t> committed;
   // What other threads free into the slab: a second list, on lines of its
   // own, so that their pushes and the owner's pops do not fight over one
   // line for every block (prodcons: 65% of malloc's time was that line and

@@ -20,6 +20,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "commit.hpp"
 #include "free_list.hpp"
 #include "huge.hpp"
 #include "layout.hpp"
@@ -179,8 +180,10 @@ class Heap {
   using Where = Layout::Where;
   using Lists = FreeLists<Policy>;
 
-  // span_shift: the largest layout to try; tests pass a small one.
-  constexpr explicit Heap(unsigned span_shift = kMaxSpanShift) : preferred_span_shift_(span_shift) {}
+  // span_shift: the largest layout to try; tests pass a small one, and
+  // choose how it is committed (commit.hpp).
+  constexpr explicit Heap(unsigned span_shift = kMaxSpanShift, commit::Mode commit = commit::Mode::Auto)
+      : preferred_span_shift_(span_shift), commit_mode_(commit) {}
 
   // ---- hot paths -----------------------------------------------------------
   // Written so that everything that calls out (first use, shared slabs, big
@@ -338,12 +341,19 @@ class Heap {
   // layout with max_class() < kMinClass means no memory could be reserved.
   [[gnu::noinline, gnu::cold]] Layout initialise() {
     uintptr_t word = layout_.load(std::memory_order_acquire);
+    const bool on_demand = word == Layout::kUninitialised && commit::on_demand(commit_mode_);
     for (unsigned s = preferred_span_shift_; word == Layout::kUninitialised && s >= kMinSpanShift; --s) {
-      void* base = pal::reserve_aligned(Layout::bytes(s), size_t{1} << s);
+      void* base = pal::reserve_aligned(Layout::bytes(s), size_t{1} << s, !on_demand);
       if (!base) continue;  // not that much address space: try a smaller layout
+      if (on_demand && !commit::commit_fixed(reinterpret_cast<uintptr_t>(base),
+                                             reinterpret_cast<uintptr_t>(base) + stats::kCountersArea * Layout::area_bytes(s),
+                                             Policy::kStats ? sizeof(stats::Area) : 0)) {
+        pal::unmap(base, Layout::bytes(s));
+        break;  // no memory for the heads: every allocation fails (ENOMEM)
+      }
       // Racing threads each reserve; the first to publish wins, the rest unmap.
       Policy::on_reserve(base, Layout::bytes(s), Layout::area_bytes(s));
-      if (!layout_.compare_exchange_strong(word, Layout::encode(reinterpret_cast<uintptr_t>(base), s),
+      if (!layout_.compare_exchange_strong(word, Layout::encode(reinterpret_cast<uintptr_t>(base), s, on_demand),
                                            std::memory_order_acq_rel))
         pal::unmap(base, Layout::bytes(s));
       else
@@ -478,7 +488,15 @@ class Heap {
     auto* const bits1 = reinterpret_cast<uint64_t*>(L.staged_bits1(cls));
     const uintptr_t from = uintptr_t(lowest - bits0);  // the lowest level-0 word with a bit
     const unsigned slab = unsigned((from * 64) >> L.slot_bits(cls));
-    const uintptr_t end = L.staged_pos(cls, slab + 1, 0) >> 12;  // the slab's last level-1 word, plus one
+    // The slab's last level-1 word, plus one; committed on demand, the last
+    // one committed: the walk stops at the count, and a fork child's count
+    // may be too large (an orphan's, copied mid-update).
+    uintptr_t end = L.staged_pos(cls, slab + 1, 0) >> 12;
+    if (L.on_demand) {
+      const uint64_t usable = commit::usable(L, cls, slab), skew = L.skew(cls);
+      const uint64_t slots = usable > skew ? (usable - skew + class_bytes(cls) - 1) / class_bytes(cls) : 0;
+      end = std::min(end, (L.staged_pos(cls, slab, 0) + slots + 4095) >> 12);
+    }
     uint32_t first = 0;
     char* last = nullptr;
     for (uintptr_t i1 = from / 64; i1 < end && left != 0; ++i1) {
@@ -714,7 +732,8 @@ class Heap {
     bool fresh;
     uint32_t n;
     char* const slot = Lists::pop(L, cls, home, want, fresh, n);
-    if (__builtin_expect(slot == nullptr, 0)) return fail_over(L, size, align, kind, zero, cls);
+    if (__builtin_expect(slot == nullptr, 0) || (L.on_demand && fresh && !commit_new(L, cls, home, slot, n, true)))
+      return fail_over(L, size, align, kind, zero, cls);
     count_allocation(L, home, cls, home, size, fresh ? n : 0, shared);  // the run counts as touched now
     if constexpr (kProcessHeap) {
       if (n > 1 && cls <= kRunMaxClass) {  // (n > 1 only there)
@@ -732,6 +751,30 @@ class Heap {
       }
     }
     return finish(slot, cls, size, align, kind, zero, fresh);
+  }
+
+  // The n new slots from `slot` of (cls, slab), just taken off its head, in
+  // a layout committed on demand: true if they are usable. If the kernel
+  // refuses (out of memory), a trim may give back enough of what is free
+  // (`may_trim`: once per allocation, not for each slab of a fail-over).
+  // Otherwise they go back where they were if nothing was taken after them,
+  // and are lost if something was: address space, not memory.
+  [[gnu::noinline, gnu::cold]] bool commit_new(const Layout& L, unsigned cls, unsigned slab, char* slot, uint32_t n,
+                                               bool may_trim) {
+    const bool staged = cls <= kStagedMaxClass && Layout::has_staged_bits(cls, L.span_shift);
+    if (commit::cover(L, cls, slab, slot, n, staged)) return true;
+    if constexpr (Policy::kTrimSlabs) {
+      if (may_trim && trim_slabs(L) && commit::cover(L, cls, slab, slot, n, staged)) return true;
+    }
+    const uint32_t first = L.index_of(slot, cls);
+    auto& head = L.head<FreeListHead>(cls, slab).word;
+    uint64_t old = head.load(std::memory_order_relaxed);
+    // (Not if they end the slab: that link also means "full", see return_run.)
+    while (uint32_t(old) == first + n && first + n != L.slots_per_slab(cls) &&
+           !head.compare_exchange_weak(old, (old & kCountMask) | first, std::memory_order_release,
+                                       std::memory_order_relaxed)) {
+    }
+    return false;
   }
 
   [[gnu::noinline, gnu::cold]] void* trim_then_finish(const Layout L, char* slot, unsigned cls, size_t size,
@@ -773,7 +816,7 @@ class Heap {
         bool fresh;
         const unsigned slab = (home + k) % kNumSlabs;
         Lists::take_remote(L, c, slab);
-        if (char* slot = Lists::pop(L, c, slab, fresh)) {
+        if (char* slot = Lists::pop(L, c, slab, fresh); slot && !(L.on_demand && fresh && !commit_new(L, c, slab, slot, 1, false))) {
           if constexpr (kProcessHeap) mark_slab_used(slab);
           count_allocation(L, home, c, slab, size, fresh, thread_shares_slab());
           if constexpr (Policy::kStats) {
@@ -837,6 +880,7 @@ class Heap {
   std::array<std::atomic<char*>, kKeptMaxClass - kKeptClass + 1> kept_{};
   Trimmer<Policy> trimmer_;
   unsigned preferred_span_shift_;
+  commit::Mode commit_mode_;
 };
 
 }  // namespace smalloc

@@ -63,7 +63,7 @@ constexpr bool class_exists(unsigned cls) {
 static_assert(kMaxSpanShift - kMinClass / 2 <= 30, "slot numbers must fit in 31 bits");
 static_assert(kNumClasses * kNumSlabs * kHeadBytes <= (size_t{kNumSlabs} << kMinSpanShift),
               "the free-list heads must fit in area 0 of the smallest layout");
-static_assert(kMinSpanShift > kMinClass / 2 && kMinSpanShift >= 13);
+static_assert(kMinSpanShift > kMinClass / 2 && kMinSpanShift >= 14);  // the layout word's fields fit below the base
 
 // Where a slab of class c starts in its span: kSlabSkew[c] bytes in, a
 // multiple of the slot alignment, c lines and c pages modulo 64 KiB (rounded
@@ -82,17 +82,23 @@ inline constexpr auto kSlabSkew = [] {
 }();
 
 // The state of one layout, decoded from the published word (base | S |
-// max class << 6).
+// max class << 6 | on demand << 13).
 struct Layout {
   uintptr_t base;
   unsigned span_shift;  // S
-  unsigned max_cls;     // 2S: carried, not derived, for the uninitialised word's sake
+  uint16_t max_cls;     // 2S: carried, not derived, for the uninitialised word's sake
+  // The reservation is inaccessible but for what was committed (commit.hpp):
+  // under strict overcommit or a data size limit. (With max_cls narrow, a
+  // Layout stays 16 bytes: passed in two registers, not on the stack.)
+  bool on_demand;
 
   static constexpr Layout decode(uintptr_t word) {
-    return {word & ~uintptr_t{kFieldsMask}, unsigned(word & 63), unsigned(word >> 6) & 127};
+    return {word & ~uintptr_t{kFieldsMask}, unsigned(word & 63), uint16_t((word >> 6) & 127), ((word >> 13) & 1) != 0};
   }
-  static constexpr uintptr_t encode(uintptr_t base, unsigned s) { return base | s | uintptr_t{2 * s} << 6; }
-  static constexpr uintptr_t kFieldsMask = (uintptr_t{1} << 13) - 1;  // below the base's alignment, 2^S
+  static constexpr uintptr_t encode(uintptr_t base, unsigned s, bool on_demand = false) {
+    return base | s | uintptr_t{2 * s} << 6 | uintptr_t{on_demand} << 13;
+  }
+  static constexpr uintptr_t kFieldsMask = (uintptr_t{1} << 14) - 1;  // below the base's alignment, 2^S
   // The word before initialisation: max class kMinClass - 1 means "no class
   // fits and no address is ours", so the hot paths need no separate check.
   static constexpr uintptr_t kUninitialised = uintptr_t{kMinClass - 1} << 6;
@@ -173,7 +179,7 @@ struct Layout {
     const uintptr_t off = reinterpret_cast<uintptr_t>(p) - base;
     const uintptr_t area_slab = off >> span_shift;  // one variable shift for both
     const uintptr_t area = area_slab >> kSlabBits;
-    if (area - 1 >= max_cls - kMinClass + 1) return false;
+    if (area - 1 >= unsigned(max_cls) - kMinClass + 1) return false;
     w.cls = unsigned(area) + kMinClass - 1;
     w.slab = unsigned(area_slab) & (kNumSlabs - 1);
     w.index = index_of(p, w.cls);
@@ -186,6 +192,7 @@ struct Layout {
     return halve_or_third(offset >> ((cls >> 1) - 1), cls);
   }
 };
+static_assert(sizeof(Layout) == 16, "a Layout travels in two registers");
 
 // Requests of any size and a power-of-two alignment map to the smallest
 // class whose slots hold them and are aligned enough: 2^c, or 1.5 * 2^(c-1)

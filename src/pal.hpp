@@ -8,8 +8,10 @@
 #include <cstddef>
 #include <cstdint>
 
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -27,11 +29,45 @@ class ErrnoGuard {
   int saved_;
 };
 
-// Address space only: no commit charge (MAP_NORESERVE), zero-filled on first touch.
-inline void* reserve(size_t bytes) {
+// Address space only: no commit charge (MAP_NORESERVE), zero-filled on first
+// touch. Unless the kernel charges it anyway (see commit_is_charged): then
+// reserve it inaccessible (no charge) and commit() what is used.
+inline void* reserve(size_t bytes, bool accessible = true) {
   ErrnoGuard keep;
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* p = mmap(nullptr, bytes, accessible ? PROT_READ | PROT_WRITE : PROT_NONE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   return p == MAP_FAILED ? nullptr : p;
+}
+
+// Makes reserved pages usable. Under strict overcommit this is where they
+// are charged, and where the charge can fail (false; ENOMEM).
+inline bool commit(void* p, size_t bytes) {
+  ErrnoGuard keep;
+  return mprotect(p, bytes, PROT_READ | PROT_WRITE) == 0;
+}
+
+// The opposite: the pages go, and so does their charge.
+inline bool decommit(void* p, size_t bytes) {
+  ErrnoGuard keep;
+  return mmap(p, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) != MAP_FAILED;
+}
+
+// True if a writable reservation would count in full against a limit, for
+// all that MAP_NORESERVE asks: strict overcommit (vm.overcommit_memory = 2,
+// where the kernel ignores MAP_NORESERVE) or a data size limit (ulimit -d,
+// which counts every writable private mapping). Reads /proc with system
+// calls alone: this runs inside the first malloc. (By syscall(): libc's
+// open and read are cancellation points, which would need the unwinder.)
+inline bool commit_is_charged() {
+  ErrnoGuard keep;
+  rlimit data{};
+  if (getrlimit(RLIMIT_DATA, &data) == 0 && data.rlim_cur != RLIM_INFINITY) return true;
+  const long fd = syscall(SYS_openat, AT_FDCWD, "/proc/sys/vm/overcommit_memory", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char mode = 0;
+  const bool strict = syscall(SYS_read, fd, &mode, 1) == 1 && mode == '2';
+  syscall(SYS_close, fd);
+  return strict;
 }
 
 // Memory that counts against the commit limit, as glibc's large blocks do:
@@ -49,8 +85,8 @@ inline void unmap(void* p, size_t bytes) {
 
 // Reserve `bytes` aligned to `align` (a power of two) by over-reserving and
 // trimming both ends.
-inline void* reserve_aligned(size_t bytes, size_t align) {
-  char* raw = static_cast<char*>(reserve(bytes + align));
+inline void* reserve_aligned(size_t bytes, size_t align, bool accessible = true) {
+  char* raw = static_cast<char*>(reserve(bytes + align, accessible));
   if (!raw) return nullptr;
   uintptr_t start = (reinterpret_cast<uintptr_t>(raw) + align - 1) & ~(align - 1);
   char* aligned = reinterpret_cast<char*>(start);

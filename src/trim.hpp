@@ -10,6 +10,7 @@
 
 #include <sched.h>
 
+#include "commit.hpp"
 #include "free_list.hpp"
 #include "layout.hpp"
 #include "pal.hpp"
@@ -42,8 +43,12 @@ class Trimmer {
     if (budget == UINT64_MAX) hold();
     else if (!try_hold()) return false;
     // One bit per slot of the largest slab, zero-filled on first touch.
-    if (!trim_marks_)
-      trim_marks_ = static_cast<uint64_t*>(pal::reserve(std::max<size_t>((size_t{1} << L.slot_bits(kMinClass)) / 8, pal::kPageSize)));
+    // Committed on demand, as far as the slab being trimmed needs (usable_marks).
+    if (!trim_marks_) {
+      trim_marks_ = static_cast<uint64_t*>(
+          pal::reserve(std::max<size_t>((size_t{1} << L.slot_bits(kMinClass)) / 8, pal::kPageSize), !L.on_demand));
+      if (!L.on_demand) marks_usable_ = SIZE_MAX;
+    }
     bool released = false;
     const bool thorough = budget == UINT64_MAX;
     const auto step = [&](unsigned cls, unsigned slab) {
@@ -153,6 +158,7 @@ class Trimmer {
     auto& head = list.word;
     uint64_t* const marks = trim_marks_;
     const uint32_t full = L.slots_per_slab(cls);
+    if (!usable_marks(L, cls, slab)) return false;
     PendingTrim walked = pending_.last && pending_.cls == cls && pending_.slab == slab ? pending_ : PendingTrim{};
     Lists::take_remote(L, cls, slab);
     // malloc_trim gives back the pages of each free slot larger than a page.
@@ -227,6 +233,7 @@ class Trimmer {
         all_given = false;
       }
       if (whole && keep < top) {
+        if (L.on_demand) commit::shrink(L, cls, slab, uint64_t(from - (L.slot(cls, slab, 0) - L.skew(cls))));
         first = keep;
         each_marked_below(keep, [&](uint32_t index) {
           Policy::write_link(L.slot(cls, slab, index), first);
@@ -299,13 +306,26 @@ class Trimmer {
   // zeroed (the trim of a full slab of 8-byte slots).
   void clear_marks(uint32_t slots) {
     const size_t bytes = (size_t(slots) + 63) / 64 * sizeof(uint64_t);
-    if (!pal::discard(trim_marks_, bytes)) std::memset(trim_marks_, 0, bytes);
+    if (!pal::discard(trim_marks_, bytes)) std::memset(trim_marks_, 0, std::min(bytes, marks_usable_));
+  }
+  // True if the marks of every slot (cls, slab) ever handed out are usable,
+  // or made so (in a layout committed on demand, commit.hpp): the slots of
+  // its committed bytes.
+  bool usable_marks(const Layout& L, unsigned cls, unsigned slab) {
+    const uint64_t usable = commit::usable(L, cls, slab), skew = L.skew(cls);
+    const uint64_t slots = usable > skew ? (usable - skew + class_bytes(cls) - 1) / class_bytes(cls) : 0;
+    const size_t bytes = commit::page_up((slots + 63) / 64 * sizeof(uint64_t));
+    if (bytes <= marks_usable_) return true;
+    if (!pal::commit(reinterpret_cast<char*>(trim_marks_) + marks_usable_, bytes - marks_usable_)) return false;
+    marks_usable_ = bytes;
+    return true;
   }
 
   std::atomic<uint32_t> trims_{0};     // trim_slab and adopt_orphans calls under way
   std::atomic<bool> forking_{false};   // a fork() is waiting for them
   std::atomic<uint32_t> trim_held_{0};  // a thread is trimming slabs (see hold)
   uint64_t* trim_marks_ = nullptr;      // trim_slab's bitmap: reserved once, kept
+  size_t marks_usable_ = 0;             // its bytes that are committed
   PendingTrim pending_{};
   std::atomic<unsigned> pending_where_{~0u};  // pending_'s class * kNumSlabs + slab while it has slots
 };

@@ -3,8 +3,9 @@
  *
  * At load and at exit it does one deliberate malloc(24), asks smalloc_owns()
  * (looked up with dlsym, so the probe also loads without smalloc) whether the
- * pointer is ours, and reads the Rss of the mapping holding that pointer from
- * /proc/self/smaps. At exit it appends one line to $SMALLOC_PROBE_OUT:
+ * pointer is ours, and reads from /proc/self/smaps the Rss of the mapping
+ * holding that pointer and of every other mapping that starts in smalloc's
+ * region (committed on demand, the region is many mappings). At exit it appends one line to $SMALLOC_PROBE_OUT:
  *
  *   pid=123 comm=python3 owned=1 rss_start_kb=8 rss_kb=5120
  *
@@ -20,8 +21,9 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Rss (kB) of the smaps entry whose range holds addr, or -1 if none does. */
-static long rss_of_mapping(unsigned long addr) {
+/* Rss (kB) of the smaps entry whose range holds addr and of those that
+ * start at an address owns() says is smalloc's, or -1 if none does. */
+static long rss_of_mappings(unsigned long addr, int (*owns)(const void*)) {
   int fd = open("/proc/self/smaps", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -1;
   char buf[8192], line[512];
@@ -29,8 +31,8 @@ static long rss_of_mapping(unsigned long addr) {
   int inside = 0;
   long rss = -1;
   ssize_t n;
-  while (rss < 0 && (n = read(fd, buf, sizeof buf)) > 0) {
-    for (ssize_t i = 0; i < n && rss < 0; i++) {
+  while ((n = read(fd, buf, sizeof buf)) > 0) {
+    for (ssize_t i = 0; i < n; i++) {
       if (buf[i] != '\n') {
         if (len < sizeof line - 1) line[len++] = buf[i];
         continue;
@@ -41,9 +43,9 @@ static long rss_of_mapping(unsigned long addr) {
       char dash;
       /* A mapping header is "lo-hi perms ..."; field lines are "Name: value". */
       if (sscanf(line, "%lx%c%lx", &lo, &dash, &hi) == 3 && dash == '-')
-        inside = addr >= lo && addr < hi;
+        inside = (addr >= lo && addr < hi) || (owns && owns((const void*)lo));
       else if (inside && strncmp(line, "Rss:", 4) == 0)
-        rss = strtol(line + 4, NULL, 10);
+        rss = (rss < 0 ? 0 : rss) + strtol(line + 4, NULL, 10);
     }
   }
   close(fd);
@@ -60,7 +62,7 @@ static struct measure measure_now(void) {
   int (*owns)(const void*) = (int (*)(const void*))dlsym(RTLD_DEFAULT, "smalloc_owns");
   void* p = malloc(24); /* the one deliberate allocation */
   if (owns) m.owned = owns(p) ? 1 : 0;
-  m.rss_kb = rss_of_mapping((unsigned long)p);
+  m.rss_kb = rss_of_mappings((unsigned long)p, owns);
   free(p);
   return m;
 }

@@ -508,8 +508,9 @@ TEST(Threads, LiveThreadsHaveDistinctSlabsAndNewThreadsReuseFreedOnes) {
   EXPECT_EQ(second, first) << "new threads should take the slabs exited threads gave back";
 }
 
-TEST(Threads, ConcurrentExhaustionHandsEverySlotOutExactlyOnce) {
-  TestHeap heap(kTestSpan);
+// Committed on demand too: threads failing over commit the same slabs at once.
+void exhaust_concurrently(commit::Mode mode) {
+  TestHeap heap(kTestSpan, mode);
   // Below kMappedFallbackMin, so that exhaustion is NULL: 256 slots in all,
   // of three classes.
   const size_t size = kMappedFallbackMin - 1;
@@ -539,6 +540,122 @@ TEST(Threads, ConcurrentExhaustionHandsEverySlotOutExactlyOnce) {
       });
     for (auto& t : threads) t.join();
   }
+}
+
+TEST(Threads, ConcurrentExhaustionHandsEverySlotOutExactlyOnce) { exhaust_concurrently(commit::Mode::Upfront); }
+TEST(Threads, ConcurrentExhaustionCommittedOnDemandHandsEverySlotOutExactlyOnce) {
+  exhaust_concurrently(commit::Mode::OnDemand);
+}
+
+// ---- commit on demand (commit.hpp) ---------------------------------------------
+struct Mapped {
+  size_t bytes = 0, writable = 0;
+};
+// How much of [from, from + n) /proc/self/maps shows mapped, and writable.
+Mapped mapped_in(uintptr_t from, size_t n) {
+  Mapped m;
+  FILE* maps = fopen("/proc/self/maps", "r");
+  if (!maps) return m;
+  char line[512];
+  while (fgets(line, sizeof line, maps)) {
+    unsigned long lo, hi;
+    char perms[5];
+    if (sscanf(line, "%lx-%lx %4s", &lo, &hi, perms) != 3) continue;
+    const uintptr_t a = std::max<uintptr_t>(lo, from), b = std::min<uintptr_t>(hi, from + n);
+    if (a >= b) continue;
+    m.bytes += b - a;
+    if (perms[1] == 'w') m.writable += b - a;
+  }
+  fclose(maps);
+  return m;
+}
+
+// What strict overcommit charges is what is writable: on demand, the heads,
+// the counters and about what slots were taken from, never the reservation.
+TEST(Commit, OnDemandOnlyWhatSlotsWereTakenFromIsWritable) {
+  TestHeap heap(kMaxSpanShift, commit::Mode::OnDemand);
+  std::vector<std::pair<void*, size_t>> blocks;
+  size_t taken = 0;  // slot bytes
+  const auto take = [&](size_t size, size_t slot_bytes, int count) {
+    for (int i = 0; i < count; ++i) {
+      void* p = heap.allocate(size, 1, Kind::Malloc);
+      ASSERT_NE(p, nullptr);
+      std::memset(p, 0x5a, size);
+      blocks.emplace_back(p, size);
+      taken += slot_bytes;
+    }
+  };
+  take(100, 128, 20000);
+  take(100 << 10, 128 << 10, 100);
+  take(5 << 20, 8 << 20, 1);
+  const Layout L = heap.layout();
+  ASSERT_TRUE(L.on_demand);
+  EXPECT_EQ(L.span_shift, kMaxSpanShift);
+  const Mapped m = mapped_in(L.base, L.size());
+  EXPECT_EQ(m.bytes, L.size()) << "the reservation is mapped whole, inaccessible where not committed";
+  EXPECT_GE(m.writable, taken);
+  EXPECT_LE(m.writable, 2 * taken + (16 << 20)) << "committed " << m.writable << " for " << taken;
+  // Freed and taken again, the same slots: nothing more to commit.
+  for (auto& [p, size] : blocks) heap.deallocate(p, Kind::Malloc);
+  for (auto& [p, size] : blocks) {
+    p = heap.allocate(size, 1, Kind::Malloc);
+    ASSERT_NE(p, nullptr);
+    std::memset(p, 0xa5, size);
+  }
+  EXPECT_EQ(mapped_in(L.base, L.size()).writable, m.writable);
+  for (auto& [p, size] : blocks) heap.deallocate(p, Kind::Malloc);
+}
+
+TEST(Commit, UpfrontTheWholeReservationIsWritable) {
+  TestHeap heap(kMaxSpanShift, commit::Mode::Upfront);
+  heap.deallocate(heap.allocate(100, 1, Kind::Malloc), Kind::Malloc);
+  const Layout L = heap.layout();
+  EXPECT_FALSE(L.on_demand);
+  EXPECT_EQ(mapped_in(L.base, L.size()).writable, L.size());
+}
+
+// Runs in a child: under a data size limit (which counts every writable
+// private mapping, MAP_NORESERVE or not) the heap commits on demand by
+// itself, serves until the limit, fails with ENOMEM, and goes on where it
+// stopped once there is room again. The exit code says what went wrong.
+[[noreturn]] void allocate_under_a_data_limit() {
+  size_t data_kb = 0;
+  if (FILE* f = fopen("/proc/self/status", "r")) {
+    char line[256];
+    while (fgets(line, sizeof line, f))
+      if (sscanf(line, "VmData: %zu kB", &data_kb) == 1) break;
+    fclose(f);
+  }
+  if (data_kb == 0) _exit(100);
+  constexpr size_t kMiB = size_t{1} << 20, kLimit = 256 * kMiB;
+  std::vector<char*> blocks;
+  blocks.reserve(1024);  // libc's, not the heap's: before the limit
+  rlimit rl{data_kb * 1024 + kLimit, RLIM_INFINITY};
+  if (setrlimit(RLIMIT_DATA, &rl) != 0) _exit(100);
+  TestHeap heap;  // commit::Mode::Auto
+  errno = 0;
+  while (char* p = static_cast<char*>(heap.allocate(kMiB, 1, Kind::Malloc))) {
+    p[0] = p[kMiB - 1] = 1;
+    blocks.push_back(p);
+    if (blocks.size() == 1024) _exit(101);  // four times the limit
+  }
+  if (errno != ENOMEM) _exit(102);
+  if (!heap.layout().on_demand || heap.layout().span_shift != kMaxSpanShift) _exit(103);
+  if (blocks.size() < 128) _exit(104);  // at least half the limit served
+  rl.rlim_cur = RLIM_INFINITY;
+  if (setrlimit(RLIMIT_DATA, &rl) != 0) _exit(100);
+  // The slot whose commit failed went back: the next block is the one after the last.
+  char* next = static_cast<char*>(heap.allocate(kMiB, 1, Kind::Malloc));
+  if (next != blocks.back() + kMiB) _exit(105);
+  next[kMiB - 1] = 1;
+  heap.deallocate(next, Kind::Malloc);
+  for (char* p : blocks) heap.deallocate(p, Kind::Malloc);
+  _exit(0);
+}
+
+TEST(Commit, UnderADataLimitTheHeapCommitsOnDemandAndFailsWithEnomem) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(allocate_under_a_data_limit(), testing::ExitedWithCode(0), "");
 }
 
 TEST(Foreign, PointersThatAreNotOursAreNeverFreedOrMeasured) {
