@@ -14,6 +14,10 @@ lib=$1 python=$2
 mode_file=/proc/sys/vm/overcommit_memory
 fail() { echo "FAIL strict_overcommit: $*"; exit 1; }
 
+# One run at a time on the machine: a second one would read mode 2 as the
+# mode to restore.
+exec 9> /tmp/smalloc-strict-overcommit.lock
+flock 9 || fail "cannot lock /tmp/smalloc-strict-overcommit.lock"
 old=$(cat "$mode_file") || fail "cannot read $mode_file"
 if [[ $(id -u) != 0 ]] || ! echo "$old" 2>/dev/null > "$mode_file"; then
   echo "SKIP strict_overcommit: cannot write $mode_file here (not root, or read-only)"
