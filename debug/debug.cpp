@@ -294,8 +294,9 @@ bool redzones_intact(char* slot, unsigned cls, unsigned slab, void* p, const Hea
 
 // The slot a pointer of the reservation falls in, or nullptr if none: one
 // in the skew before a slab's first slot (layout.hpp) decodes to a number
-// past the slab's slots, whose address may not even be mapped; nor, in a
-// layout committed on demand, is a slot past what its slab committed.
+// past the slab's slots, whose address may not even be mapped. Nor is a
+// slot past what its slab committed, in a layout committed on demand: its
+// header reads as zero but cannot be written.
 char* slot_of(const Layout& L, const Layout::Where& w) {
   if (w.index >= L.slots_per_slab(w.cls)) return nullptr;
   char* const slot = L.slot(w.cls, w.slab, w.index);

@@ -1,8 +1,8 @@
 // Commit on demand, for where the kernel would charge the whole reservation
 // (pal::commit_is_charged: strict overcommit, or a data size limit). There
 // one process took 10 GiB of a 12 GiB commit limit at its first malloc, and
-// the next one the 1.1 GiB left. So the reservation is mapped inaccessible,
-// which nothing charges, and made usable as it is used:
+// the next one the 1.1 GiB left. So the reservation is mapped read-only,
+// which nothing charges, and made writable as it is used:
 //  - before the layout is published: the free-list heads (about 1 MiB) and,
 //    if kept, the counters (8 MiB);
 //  - each slab from the start of its span, when a new slot is taken past

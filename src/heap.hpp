@@ -370,7 +370,7 @@ class Heap {
     const Layout L = layout();
     int released = 0;
     if constexpr (Policy::kTrimSlabs) {
-      if (L.max_class() >= kMinClass) released = trim_slabs(L);
+      if (L.max_class() >= kMinClass) released = trim_slabs(L, UINT64_MAX, true);
     }
     for (unsigned cls = kKeptClass; cls <= kKeptMaxClass; ++cls) {
       Where w{};
@@ -520,12 +520,12 @@ class Heap {
 
   // Trimmer::trim_slabs, after the calling thread's private lists and those
   // the threads a fork left behind held go back where a trim can see them.
-  [[gnu::cold, gnu::noinline]] bool trim_slabs(const Layout& L, uint64_t budget = UINT64_MAX) {
+  [[gnu::cold, gnu::noinline]] bool trim_slabs(const Layout& L, uint64_t budget, bool may_wait) {
     if constexpr (kProcessHeap) {
       return_thread_lists(t_thread);
       adopt_all_orphans();
     }
-    return trimmer_.trim_slabs(L, budget);
+    return trimmer_.trim_slabs(L, budget, may_wait);
   }
 
   // By value, so that the hot path's Layout and Where stay in registers.
@@ -764,7 +764,8 @@ class Heap {
     const bool staged = cls <= kStagedMaxClass && Layout::has_staged_bits(cls, L.span_shift);
     if (commit::cover(L, cls, slab, slot, n, staged)) return true;
     if constexpr (Policy::kTrimSlabs) {
-      if (may_trim && trim_slabs(L) && commit::cover(L, cls, slab, slot, n, staged)) return true;
+      // Thorough, but not waiting for another thread's trim: malloc takes no lock.
+      if (may_trim && trim_slabs(L, UINT64_MAX, false) && commit::cover(L, cls, slab, slot, n, staged)) return true;
     }
     const uint32_t first = L.index_of(slot, cls);
     auto& head = L.head<FreeListHead>(cls, slab).word;
@@ -780,7 +781,7 @@ class Heap {
   [[gnu::noinline, gnu::cold]] void* trim_then_finish(const Layout L, char* slot, unsigned cls, size_t size,
                                                       size_t align, Kind kind, bool zero) {
     t_thread.fresh_bytes = 0;
-    trim_slabs(L, kAutoTrimSlots);
+    trim_slabs(L, kAutoTrimSlots, false);
     return finish(slot, cls, size, align, kind, zero, true);
   }
 
@@ -810,13 +811,22 @@ class Heap {
   [[gnu::noinline, gnu::cold]] void* fail_over(const Layout L, size_t size, size_t align, Kind kind, bool zero,
                                                unsigned cls) {
     const unsigned home = thread_slab();
+    // Once a commit is refused (out of memory), only used free slots: a
+    // failing malloc tried one commit in every slab of every larger class
+    // (1,794 mprotect calls, 0.7 ms).
+    bool refused = false;
     for (unsigned c = cls; c <= L.max_class(); ++c) {
       if (!class_exists(c) || (size_t{1} << class_align_shift(c)) < align) continue;
       for (unsigned k = 0; k < kNumSlabs; ++k) {
         bool fresh;
         const unsigned slab = (home + k) % kNumSlabs;
         Lists::take_remote(L, c, slab);
-        if (char* slot = Lists::pop(L, c, slab, fresh); slot && !(L.on_demand && fresh && !commit_new(L, c, slab, slot, 1, false))) {
+        char* slot = refused ? Lists::template pop<false>(L, c, slab, fresh) : Lists::pop(L, c, slab, fresh);
+        if (slot && L.on_demand && fresh && !commit_new(L, c, slab, slot, 1, false)) {
+          refused = true;
+          slot = nullptr;
+        }
+        if (slot) {
           if constexpr (kProcessHeap) mark_slab_used(slab);
           count_allocation(L, home, c, slab, size, fresh, thread_shares_slab());
           if constexpr (Policy::kStats) {

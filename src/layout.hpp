@@ -87,7 +87,7 @@ struct Layout {
   uintptr_t base;
   unsigned span_shift;  // S
   uint16_t max_cls;     // 2S: carried, not derived, for the uninitialised word's sake
-  // The reservation is inaccessible but for what was committed (commit.hpp):
+  // The reservation is read-only but for what was committed (commit.hpp):
   // under strict overcommit or a data size limit. (With max_cls narrow, a
   // Layout stays 16 bytes: passed in two registers, not on the stack.)
   bool on_demand;

@@ -31,10 +31,13 @@ class ErrnoGuard {
 
 // Address space only: no commit charge (MAP_NORESERVE), zero-filled on first
 // touch. Unless the kernel charges it anyway (see commit_is_charged): then
-// reserve it inaccessible (no charge) and commit() what is used.
-inline void* reserve(size_t bytes, bool accessible = true) {
+// reserve it read-only, which nothing charges, and commit() what is used.
+// Readable, not inaccessible: a pop that loaded a list's head before a trim
+// took the list may still read the link of a slot whose pages the trim has
+// just given back (decommit), and must read zero, as it did before, not fault.
+inline void* reserve(size_t bytes, bool writable = true) {
   ErrnoGuard keep;
-  void* p = mmap(nullptr, bytes, accessible ? PROT_READ | PROT_WRITE : PROT_NONE,
+  void* p = mmap(nullptr, bytes, writable ? PROT_READ | PROT_WRITE : PROT_READ,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   return p == MAP_FAILED ? nullptr : p;
 }
@@ -46,10 +49,10 @@ inline bool commit(void* p, size_t bytes) {
   return mprotect(p, bytes, PROT_READ | PROT_WRITE) == 0;
 }
 
-// The opposite: the pages go, and so does their charge.
+// The opposite: the pages go, and so does their charge (read-only again).
 inline bool decommit(void* p, size_t bytes) {
   ErrnoGuard keep;
-  return mmap(p, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) != MAP_FAILED;
+  return mmap(p, bytes, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) != MAP_FAILED;
 }
 
 // True if a writable reservation would count in full against a limit, for
@@ -85,8 +88,8 @@ inline void unmap(void* p, size_t bytes) {
 
 // Reserve `bytes` aligned to `align` (a power of two) by over-reserving and
 // trimming both ends.
-inline void* reserve_aligned(size_t bytes, size_t align, bool accessible = true) {
-  char* raw = static_cast<char*>(reserve(bytes + align, accessible));
+inline void* reserve_aligned(size_t bytes, size_t align, bool writable = true) {
+  char* raw = static_cast<char*>(reserve(bytes + align, writable));
   if (!raw) return nullptr;
   uintptr_t start = (reinterpret_cast<uintptr_t>(raw) + align - 1) & ~(align - 1);
   char* aligned = reinterpret_cast<char*>(start);

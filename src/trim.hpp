@@ -37,13 +37,15 @@ class Trimmer {
   // Every slab that was freed into since it was last trimmed (see
   // trim_slab), walking at most `budget` slots (UINT64_MAX: malloc_trim,
   // thorough). True if pages were given back.
-  [[gnu::cold, gnu::noinline]] bool trim_slabs(const Layout& L, uint64_t budget) {
+  [[gnu::cold, gnu::noinline]] bool trim_slabs(const Layout& L, uint64_t budget, bool may_wait) {
     // One trimmer at a time: the marks and the pending walk are shared.
-    // An automatic trim leaves it to the one at work; malloc_trim waits.
-    if (budget == UINT64_MAX) hold();
+    // An automatic trim, or one inside malloc, leaves it to the one at
+    // work; malloc_trim waits.
+    if (may_wait) hold();
     else if (!try_hold()) return false;
     // One bit per slot of the largest slab, zero-filled on first touch.
-    // Committed on demand, as far as the slab being trimmed needs (usable_marks).
+    // Committed on demand, as far as the slab being trimmed needs
+    // (usable_marks); read-only beyond, as the reservation is (pal::reserve).
     if (!trim_marks_) {
       trim_marks_ = static_cast<uint64_t*>(
           pal::reserve(std::max<size_t>((size_t{1} << L.slot_bits(kMinClass)) / 8, pal::kPageSize), !L.on_demand));
@@ -193,7 +195,9 @@ class Trimmer {
     bool all_given = true;  // false if the kernel kept pages it was asked for (locked)
     while (link & kTouched) {
       const uint32_t index = link & kSlotMask;
-      if (index >= full || marked(index)) {
+      // (A slot past the marks committed, handed out since usable_marks
+      // looked: the walk stops, and the list goes back as it was.)
+      if (index >= full || marked(index) || (size_t(index) / 64 + 1) * sizeof(uint64_t) > marks_usable_) {
         whole = false;
         break;
       }

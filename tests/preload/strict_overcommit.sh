@@ -83,7 +83,7 @@ touch "$tmp/go"
 echo "$old" > "$mode_file"
 
 echo "Committed_AS grew by: glibc ${glibc_kb} kB, smalloc ${first_kb} kB, a second smalloc process ${second_kb} kB"
-echo "reservations: ${first_gib} GiB and ${second_gib} GiB, inaccessible but where committed"
+echo "reservations: ${first_gib} GiB and ${second_gib} GiB, read-only but where committed"
 [[ $out == forked ]] || fail "python with fork under strict overcommit printed: $out"
 # The native layout (31 TiB, or 17.5 TiB of it in one mapping), not a fallback squeezed into the limit.
 (( first_gib >= 1024 && second_gib >= 1024 )) || fail "a fallback layout: ${first_gib} and ${second_gib} GiB"
