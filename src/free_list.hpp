@@ -27,7 +27,8 @@ struct alignas(kHeadBytes) FreeListHead {
   // a page with one page: the next has nothing more to give back either.
   std::atomic<uint32_t> trimmed_thoroughly_at;
   // In a layout committed on demand: how many bytes from the start of the
-  // slab's span are usable (commit.hpp). Only grows.
+  // slab's span are usable (commit.hpp). Grows as new slots are taken; a
+  // trim that gives back the slab's top lowers it.
   std::atomic<uint64_t> committed;
   // What other threads free into the slab: a second list, on lines of its
   // own, so that their pushes and the owner's pops do not fight over one
