@@ -316,7 +316,9 @@ class Heap {
     }
     if (!q) return nullptr;
     size_t old = Policy::usable_size(L, w, p);
-    if (!(Policy::kMovePages && !shrunk && w.cls >= kMovePagesClass && pal::move_pages(p, q, old)))
+    // (Not committed on demand: under strict overcommit the kernel may free
+    // the destination and then refuse the move's charge, leaving a hole.)
+    if (!(Policy::kMovePages && !shrunk && !L.on_demand && w.cls >= kMovePagesClass && pal::move_pages(p, q, old)))
       std::memcpy(q, p, old < size ? old : size);
     deallocate(p, Kind::Malloc);
     return q;
@@ -543,7 +545,9 @@ class Heap {
 
   static void give_back(const Layout& L, const Where& w, char* slot) {
     const size_t bytes = class_bytes(w.cls);
-    const bool zero = Policy::kMovePages ? pal::renew(slot, bytes) : pal::discard(slot, bytes);
+    // (renew only undoes move_pages, which a layout committed on demand does
+    // not use; and a new mapping there could be refused its charge.)
+    const bool zero = Policy::kMovePages && !L.on_demand ? pal::renew(slot, bytes) : pal::discard(slot, bytes);
     // Locked pages stay: calloc counts on discarded slots being zero.
     if (!zero && Policy::kDiscardedSlotsStayZero) std::memset(slot, 0, bytes);
     Lists::push(L, w, slot);
@@ -764,8 +768,14 @@ class Heap {
     const bool staged = cls <= kStagedMaxClass && Layout::has_staged_bits(cls, L.span_shift);
     if (commit::cover(L, cls, slab, slot, n, staged)) return true;
     if constexpr (Policy::kTrimSlabs) {
-      // Thorough, but not waiting for another thread's trim: malloc takes no lock.
-      if (may_trim && trim_slabs(L, UINT64_MAX, false) && commit::cover(L, cls, slab, slot, n, staged)) return true;
+      // Thorough, and after any trim under way (which allocates nothing, so
+      // this never waits for itself): not waiting, malloc returned ENOMEM
+      // while another thread's malloc_trim was giving the memory back. And
+      // tried again whatever this trim found: that one may have found it.
+      if (may_trim) {
+        trim_slabs(L, UINT64_MAX, true);
+        if (commit::cover(L, cls, slab, slot, n, staged)) return true;
+      }
     }
     const uint32_t first = L.index_of(slot, cls);
     auto& head = L.head<FreeListHead>(cls, slab).word;

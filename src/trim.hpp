@@ -160,7 +160,17 @@ class Trimmer {
     auto& head = list.word;
     uint64_t* const marks = trim_marks_;
     const uint32_t full = L.slots_per_slab(cls);
-    if (!usable_marks(L, cls, slab)) return false;
+    if (!usable_marks(L, cls, slab)) {
+      // A walk of this slab cut short keeps its slots marked (pending_):
+      // left so, the marks would be taken for the next slabs' slots, and
+      // live blocks there given back. Its slots go back to the list.
+      if (pending_.last && pending_.cls == cls && pending_.slab == slab) {
+        Lists::push_chain(L, cls, slab, pending_.first, pending_.last);
+        clear_marks(full);
+        set_pending({});
+      }
+      return false;
+    }
     PendingTrim walked = pending_.last && pending_.cls == cls && pending_.slab == slab ? pending_ : PendingTrim{};
     Lists::take_remote(L, cls, slab);
     // malloc_trim gives back the pages of each free slot larger than a page.
@@ -197,7 +207,7 @@ class Trimmer {
       const uint32_t index = link & kSlotMask;
       // (A slot past the marks committed, handed out since usable_marks
       // looked: the walk stops, and the list goes back as it was.)
-      if (index >= full || marked(index) || (size_t(index) / 64 + 1) * sizeof(uint64_t) > marks_usable_) {
+      if (index >= full || (size_t(index) / 64 + 1) * sizeof(uint64_t) > marks_usable_ || marked(index)) {
         whole = false;
         break;
       }
