@@ -300,8 +300,7 @@ bool redzones_intact(char* slot, unsigned cls, unsigned slab, void* p, const Hea
 char* slot_of(const Layout& L, const Layout::Where& w) {
   if (w.index >= L.slots_per_slab(w.cls)) return nullptr;
   char* const slot = L.slot(w.cls, w.slab, w.index);
-  const uint64_t end = uint64_t(slot - reinterpret_cast<char*>(L.base)) % (uint64_t{1} << L.span_shift) + class_bytes(w.cls);
-  return end <= commit::usable(L, w.cls, w.slab) ? slot : nullptr;
+  return L.span_offset(slot) + class_bytes(w.cls) <= commit::usable(L, w.cls, w.slab) ? slot : nullptr;
 }
 
 // Checks a block being freed (or realloc'd away) and marks it freed; returns

@@ -71,7 +71,7 @@ inline uint64_t usable(const Layout& L, unsigned cls, unsigned slab) {
                                                bool staged) {
   auto& committed = L.head<FreeListHead>(cls, slab).committed;
   const uint64_t span = uint64_t{1} << L.span_shift;
-  const uintptr_t start = reinterpret_cast<uintptr_t>(L.slot(cls, slab, 0)) - L.skew(cls);
+  const uintptr_t start = reinterpret_cast<uintptr_t>(L.span_start(cls, slab));
   for (;;) {
     uint64_t have = committed.load(std::memory_order_acquire);
     if (end <= have) return true;
@@ -81,9 +81,8 @@ inline uint64_t usable(const Layout& L, unsigned cls, unsigned slab) {
       if (!commit_bytes(start + have, start + want)) return false;
     }
     if (staged) {
-      const uint64_t bytes = class_bytes(cls), skew = L.skew(cls);
-      const uint32_t lo = uint32_t(have > skew ? (have - skew) / bytes : 0);
-      const uint32_t hi = uint32_t(std::min<uint64_t>(L.slots_per_slab(cls), (want - skew + bytes - 1) / bytes));
+      // (The bits of a slot that straddles `have` came with the slots before.)
+      const uint32_t lo = L.slots_starting_below(cls, have), hi = L.slots_starting_below(cls, want);
       if (lo < hi) {
         const uintptr_t first = L.staged_pos(cls, slab, lo), last = L.staged_pos(cls, slab, hi - 1);
         if (!commit_bytes(L.staged_bits0(cls) + first / 64 * 8, L.staged_bits0(cls) + (last / 64 + 1) * 8) ||
@@ -99,23 +98,23 @@ inline uint64_t usable(const Layout& L, unsigned cls, unsigned slab) {
   }
 }
 
-// Gives back the pages, and their charge, of (cls, slab)'s span from `at`
-// bytes on: for a trim that made those slots untouched again while it holds
+// Gives back the pages, and their charge, of (cls, slab)'s span from `from`
+// (page-aligned) on: for a trim that made those slots untouched again while it holds
 // the slab's list, so that no new slot is taken meanwhile (and any grower
-// at work grows for a slot below `at`). The figure goes down before the
+// at work grows for a slot below `from`). The figure goes down before the
 // pages go: a grower that read the old one fails its exchange (grow).
-inline void shrink(const Layout& L, unsigned cls, unsigned slab, uint64_t at) {
+inline void shrink(const Layout& L, unsigned cls, unsigned slab, char* from) {
+  const uint64_t at = uint64_t(from - L.span_start(cls, slab));
   auto& committed = L.head<FreeListHead>(cls, slab).committed;
   uint64_t have = committed.load(std::memory_order_acquire);
   while (have > at && !committed.compare_exchange_weak(have, at, std::memory_order_acq_rel, std::memory_order_acquire)) {
   }
-  if (have > at) pal::decommit(L.slot(cls, slab, 0) - L.skew(cls) + at, have - at);
+  if (have > at) pal::decommit(from, have - at);
 }
 
 // True if the n slots from `slot` of (cls, slab) are usable, or made so.
 inline bool cover(const Layout& L, unsigned cls, unsigned slab, const char* slot, uint32_t n, bool staged) {
-  const uint64_t end = ((reinterpret_cast<uintptr_t>(slot) - L.base) & ((uintptr_t{1} << L.span_shift) - 1)) +
-                       uint64_t{n} * class_bytes(cls);
+  const uint64_t end = L.span_offset(slot) + uint64_t{n} * class_bytes(cls);
   return end <= L.head<FreeListHead>(cls, slab).committed.load(std::memory_order_acquire) ||
          grow(L, cls, slab, end, staged);
 }

@@ -89,6 +89,21 @@ struct FreeLists {
     return true;
   }
 
+  // Never-used slots [first, first + count) of (cls, slab), taken off its
+  // head, become never-used again if nothing was taken after them: the
+  // head's first untouched slot moves back to `first`. (Not if they end the
+  // slab: that link also means "full", which is what a trim leaves on the
+  // head while it holds the list.) False if they could not go back.
+  static bool untake(const Layout& L, unsigned cls, unsigned slab, uint32_t first, uint32_t count) {
+    auto& head = L.head<FreeListHead>(cls, slab).word;
+    uint64_t old = head.load(std::memory_order_relaxed);
+    while (uint32_t(old) == first + count && first + count != L.slots_per_slab(cls))
+      if (head.compare_exchange_weak(old, (old & kCountMask) | first, std::memory_order_release,
+                                     std::memory_order_relaxed))
+        return true;
+    return false;
+  }
+
   // Takes the first free slot of (cls, slab), and if it was never used, up to
   // `want` - 1 more never-used ones after it: `n` in all. Returns nullptr if
   // the slab is full, or (want 0) if its next free slot was never used.

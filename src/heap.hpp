@@ -450,17 +450,9 @@ class Heap {
     Where w;
     if (next >= end || size_t(end - next) > size_t{run_slots(cls)} * class_bytes(cls) || !L.locate(next, w)) return;
     const uint32_t first = w.index, count = uint32_t(size_t(end - next) / class_bytes(cls));
-    auto& head = L.head<FreeListHead>(cls, w.slab).word;
-    uint64_t old = head.load(std::memory_order_relaxed);
-    // Untouched from the run's end on. (Not if the run ends the slab: that
-    // link also means "full", which is what a trim leaves on the head while
-    // it holds the list.)
-    while (uint32_t(old) == first + count && first + count != L.slots_per_slab(cls)) {
-      if (head.compare_exchange_weak(old, (old & kCountMask) | first, std::memory_order_release,
-                                     std::memory_order_relaxed)) {
-        if constexpr (Policy::kStats) stats::add(stats::row(L, 0, true).at(cls, w.slab).fresh, 0 - uint64_t(count), true);
-        return;
-      }
+    if (Lists::untake(L, cls, w.slab, first, count)) {
+      if constexpr (Policy::kStats) stats::add(stats::row(L, 0, true).at(cls, w.slab).fresh, 0 - uint64_t(count), true);
+      return;
     }
     for (uint32_t i = first; i + 1 < first + count; ++i) Policy::write_link(L.slot(cls, w.slab, i), kTouched | (i + 1));
     Lists::push_chain(L, cls, w.slab, kTouched | first, L.slot(cls, w.slab, first + count - 1));
@@ -494,11 +486,8 @@ class Heap {
     // one committed: the walk stops at the count, and a fork child's count
     // may be too large (an orphan's, copied mid-update).
     uintptr_t end = L.staged_pos(cls, slab + 1, 0) >> 12;
-    if (L.on_demand) {
-      const uint64_t usable = commit::usable(L, cls, slab), skew = L.skew(cls);
-      const uint64_t slots = usable > skew ? (usable - skew + class_bytes(cls) - 1) / class_bytes(cls) : 0;
-      end = std::min(end, (L.staged_pos(cls, slab, 0) + slots + 4095) >> 12);
-    }
+    if (L.on_demand)
+      end = std::min(end, (L.staged_pos(cls, slab, L.slots_starting_below(cls, commit::usable(L, cls, slab))) + 4095) >> 12);
     uint32_t first = 0;
     char* last = nullptr;
     for (uintptr_t i1 = from / 64; i1 < end && left != 0; ++i1) {
@@ -777,14 +766,7 @@ class Heap {
         if (commit::cover(L, cls, slab, slot, n, staged)) return true;
       }
     }
-    const uint32_t first = L.index_of(slot, cls);
-    auto& head = L.head<FreeListHead>(cls, slab).word;
-    uint64_t old = head.load(std::memory_order_relaxed);
-    // (Not if they end the slab: that link also means "full", see return_run.)
-    while (uint32_t(old) == first + n && first + n != L.slots_per_slab(cls) &&
-           !head.compare_exchange_weak(old, (old & kCountMask) | first, std::memory_order_release,
-                                       std::memory_order_relaxed)) {
-    }
+    Lists::untake(L, cls, slab, L.index_of(slot, cls), n);
     return false;
   }
 

@@ -23,6 +23,7 @@
 // keeps 16-byte alignment for blocks over 8 bytes.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <bit>
 #include <cstddef>
@@ -126,9 +127,23 @@ struct Layout {
   // at least slots_per_slab.
   constexpr unsigned slot_bits(unsigned cls) const { return span_shift - (cls >> 1); }
 
+  // Where (cls, slab)'s span starts: its skew before its first slot.
+  char* span_start(unsigned cls, unsigned slab) const {
+    return reinterpret_cast<char*>(base + ((uintptr_t{cls - kMinClass + 1} << kSlabBits | slab) << span_shift));
+  }
+  // A pointer's offset in its span.
+  uintptr_t span_offset(const void* p) const {
+    return (reinterpret_cast<uintptr_t>(p) - base) & ((uintptr_t{1} << span_shift) - 1);
+  }
+  // How many of (cls)'s slots start in the first `bytes` of a span.
+  uint32_t slots_starting_below(unsigned cls, uint64_t bytes) const {
+    return bytes > skew(cls) ? uint32_t(std::min<uint64_t>(slots_per_slab(cls), (bytes - skew(cls) + class_bytes(cls) - 1) /
+                                                                                     class_bytes(cls)))
+                             : 0;
+  }
+
   char* slot(unsigned cls, unsigned slab, uint32_t index) const {
-    return reinterpret_cast<char*>(base + ((uintptr_t{cls - kMinClass + 1} << kSlabBits | slab) << span_shift) +
-                                   skew(cls) + uintptr_t{index} * class_bytes(cls));
+    return span_start(cls, slab) + skew(cls) + uintptr_t{index} * class_bytes(cls);
   }
   template <class Head>
   Head& head(unsigned cls, unsigned slab) const {
@@ -188,7 +203,7 @@ struct Layout {
   // The slot number of a pointer into a slot of class cls: its offset in
   // the slab over 2^(c/2 - 1), which is below 2^32, halved or divided by 3.
   uint32_t index_of(const void* p, unsigned cls) const {
-    const uintptr_t offset = ((reinterpret_cast<uintptr_t>(p) - base) & ((uintptr_t{1} << span_shift) - 1)) - skew(cls);
+    const uintptr_t offset = span_offset(p) - skew(cls);
     return halve_or_third(offset >> ((cls >> 1) - 1), cls);
   }
 };

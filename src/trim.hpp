@@ -78,9 +78,7 @@ class Trimmer {
   [[gnu::cold, gnu::noinline]] void put_back_pending(const Layout& L) {
     if (!try_hold()) return;
     if (pending_.last && enter_trim()) {  // a fork must not copy the heap halfway through
-      Lists::push_chain(L, pending_.cls, pending_.slab, pending_.first, pending_.last);
-      clear_marks(L.slots_per_slab(pending_.cls));
-      set_pending({});
+      return_pending(L);
       leave_trim();
     }
     let_go();
@@ -164,11 +162,7 @@ class Trimmer {
       // A walk of this slab cut short keeps its slots marked (pending_):
       // left so, the marks would be taken for the next slabs' slots, and
       // live blocks there given back. Its slots go back to the list.
-      if (pending_.last && pending_.cls == cls && pending_.slab == slab) {
-        Lists::push_chain(L, cls, slab, pending_.first, pending_.last);
-        clear_marks(full);
-        set_pending({});
-      }
+      if (pending_.last && pending_.cls == cls && pending_.slab == slab) return_pending(L);
       return false;
     }
     PendingTrim walked = pending_.last && pending_.cls == cls && pending_.slab == slab ? pending_ : PendingTrim{};
@@ -247,7 +241,7 @@ class Trimmer {
         all_given = false;
       }
       if (whole && keep < top) {
-        if (L.on_demand) commit::shrink(L, cls, slab, uint64_t(from - (L.slot(cls, slab, 0) - L.skew(cls))));
+        if (L.on_demand) commit::shrink(L, cls, slab, from);
         first = keep;
         each_marked_below(keep, [&](uint32_t index) {
           Policy::write_link(L.slot(cls, slab, index), first);
@@ -311,6 +305,12 @@ class Trimmer {
     uint32_t first;
     char* last;
   };
+  // pending_'s slots back on their list, their marks cleared.
+  void return_pending(const Layout& L) {
+    Lists::push_chain(L, pending_.cls, pending_.slab, pending_.first, pending_.last);
+    clear_marks(L.slots_per_slab(pending_.cls));
+    set_pending({});
+  }
   void set_pending(const PendingTrim& p) {
     pending_ = p;
     pending_where_.store(p.last ? p.cls * kNumSlabs + p.slab : ~0u, std::memory_order_relaxed);
@@ -326,8 +326,7 @@ class Trimmer {
   // or made so (in a layout committed on demand, commit.hpp): the slots of
   // its committed bytes.
   bool usable_marks(const Layout& L, unsigned cls, unsigned slab) {
-    const uint64_t usable = commit::usable(L, cls, slab), skew = L.skew(cls);
-    const uint64_t slots = usable > skew ? (usable - skew + class_bytes(cls) - 1) / class_bytes(cls) : 0;
+    const uint64_t slots = L.slots_starting_below(cls, commit::usable(L, cls, slab));
     const size_t bytes = commit::page_up((slots + 63) / 64 * sizeof(uint64_t));
     if (bytes <= marks_usable_) return true;
     if (!pal::commit(reinterpret_cast<char*>(trim_marks_) + marks_usable_, bytes - marks_usable_)) return false;
