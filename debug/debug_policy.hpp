@@ -79,6 +79,8 @@ struct DebugPolicy {
   // Freed slots stay poisoned and watched: malloc_trim empties the quarantine
   // instead of giving slab pages back.
   static constexpr bool kTrimSlabs = false;
+  // The debug build keeps no private lists: freed slots wait in quarantine.
+  static constexpr bool kAdoptInBatches = false;
   // Blocks start after a redzone, not at a page: realloc copies.
   static constexpr bool kMovePages = false;
 

@@ -90,7 +90,8 @@ void after_fork_in_parent() { g_heap.trimmer().end_fork(false); }
 // freed (those with staged slots once these are adopted), and the slots
 // recorded in g_orphans for the child's threads to take back as they need
 // them. (A thread interrupted inside free() may lose the one slot it was
-// freeing; one inside a stats read has its count reset.)
+// freeing, one inside malloc's Heap::adopt the up to 31 it was listing; one
+// inside a stats read has its count reset.)
 void after_fork_in_child() {
   g_heap.trimmer().end_fork(true);
   const Layout L = g_heap.layout();

@@ -16,6 +16,9 @@ struct ReleasePolicy {
   static constexpr bool kDiscardedSlotsStayZero = true;
   // malloc_trim gives back the free pages at the top of every slab.
   static constexpr bool kTrimSlabs = true;
+  // Slots taken off a shared list go onto the private list, linked by
+  // address (heap.hpp, take_used_own).
+  static constexpr bool kAdoptInBatches = true;
   // realloc moves large blocks' pages instead of copying them (heap.hpp).
   static constexpr bool kMovePages = true;
 

@@ -61,9 +61,11 @@ void add_own(stats::RowSync& sync, const stats::OwnerRow& row, stats::OwnSlabCou
     // stats.hpp says, in the order it says.
     uint64_t not_from_list[kNumClasses] = {};  // frees_not_listed + returned + listed
     if (live) {
-      for (unsigned c = 0; c < kNumClasses; ++c)
-        not_from_list[c] = stats::read(live->frees_not_listed[c]) + stats::read(live->returned[c]) +
-                           std::atomic_ref<const uint32_t>(live->listed[c]).load(std::memory_order_acquire);
+      for (unsigned c = 0; c < kNumClasses; ++c) {
+        const uint64_t returned = stats::read(live->returned[c]);
+        const uint64_t listed = std::atomic_ref<const uint32_t>(live->listed[c]).load(std::memory_order_acquire);
+        not_from_list[c] = returned + listed + stats::read(live->frees_not_listed[c]);
+      }
     }
     uint64_t live_frees[kNumClasses] = {};
     for (unsigned c = 0; c < kNumClasses; ++c) {

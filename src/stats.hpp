@@ -37,13 +37,16 @@ struct SlabCounters {
 // the list got there by a counted free and leaves it by an allocation or by
 // being returned to the shared lists, so those allocations number
 //   frees - frees_not_listed - returned - listed,
-// and `listed` is the list's length, which the hot path keeps anyway. A
-// reader reads frees_not_listed, returned and listed before frees (the
-// owner updates listed before returned): the difference never goes negative.
+// and `listed` is the list's length, which the hot path keeps anyway. Slots
+// the owner takes off its slab's shared list onto its private list (Heap::
+// adopt) count as if freed onto it: frees_not_listed goes down by as many
+// as listed goes up. A reader reads returned, listed and frees_not_listed,
+// in that order, before frees (the owner updates listed before returned,
+// and frees_not_listed before listed): the difference never goes negative.
 // In `retired`, allocations are all of them and the last three stay zero.
 struct OwnSlabCounters {
   uint64_t allocations[kNumClasses], frees[kNumClasses], bytes_requested[kNumClasses];
-  uint64_t frees_not_listed[kNumClasses];  // valid frees that did not go onto the private list
+  uint64_t frees_not_listed[kNumClasses];  // valid frees that did not go onto the private list, less slots adopted
   uint64_t returned[kNumClasses];          // slots handed from the list back to the shared lists
   uint32_t listed[kNumClasses];            // slots on the private list now
 };

@@ -332,6 +332,38 @@ TEST(Reuse, StagedFreeSlotsOutliveTheThread) {
   for (void* p : leftovers) smalloc_free(p);
 }
 
+// What a thread frees of a small class beyond its private list, it takes
+// back off its slab's shared list in batches, onto the list (heap.hpp,
+// take_used_own): with no new slot touched, and with the counts exact, as
+// if each batch had been freed onto the list.
+TEST(Reuse, SmallSlotsFreedPastThePrivateListComeBackWithoutNewMemoryAndStayCounted) {
+  constexpr size_t kSize = 64;
+  constexpr int kMany = 3 * (1 << 20) / 64 + 100;  // the list, two chains of as many staged, 100 more
+  const unsigned cls = ClassOfSize(kSize);
+  std::thread([&] {
+    const std::vector<void*> leftovers = TakeLeftovers(cls, kSize);
+    const long long outstanding = Outstanding(cls);
+    std::vector<void*> v = AllocateBlocks(kSize, kMany);
+    std::shuffle(v.begin(), v.end(), std::mt19937(3));
+    for (void* p : v) smalloc_free(p);
+    EXPECT_EQ(Outstanding(cls), outstanding);
+    const auto touched = Touched(cls);
+    for (int round = 0; round < 2; ++round) {
+      std::vector<void*> again = AllocateBlocks(kSize, kMany);
+      EXPECT_EQ(Touched(cls), touched) << "new slots were touched while the thread's free ones were on the shared list";
+      EXPECT_EQ(Outstanding(cls), outstanding + kMany) << "round " << round;
+      // (Bar the rest of a run of never-used slots the thread took ahead,
+      // counted as touched then: a page's worth at most.)
+      const std::set<void*> before(v.begin(), v.end());
+      EXPECT_LE(std::count_if(again.begin(), again.end(), [&](void* p) { return !before.count(p); }), 4096 / 64);
+      for (void* p : again) smalloc_free(p);
+      EXPECT_EQ(Outstanding(cls), outstanding) << "round " << round;
+      v = again;
+    }
+    for (void* p : leftovers) smalloc_free(p);
+  }).join();
+}
+
 // n blocks of `size` bytes, every byte written (so resident).
 std::vector<void*> AllocateTouched(size_t size, int n, int byte) {
   std::vector<void*> v = AllocateBlocks(size, n);
