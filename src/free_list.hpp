@@ -34,8 +34,11 @@ struct alignas(kHeadBytes) FreeListHead {
   // (Heap::unstage), as far as it knows: slots whose lines it wrote, which
   // it takes back in batches (Heap::take_used_own). Other threads' frees
   // are a chain of cache misses to walk: taken 32 at a time, producer/
-  // consumer pairs ran 1.5x as long. Written by the owner (and whoever
-  // adopts a fork's orphans); a hint, never trusted for correctness.
+  // consumer pairs ran 1.5x as long. A hint, never trusted for correctness:
+  // the owner adds to it, and it goes to 0 when other threads' frees are
+  // put in front (take_remote) or none of the slots is left; pops by other
+  // threads, trims and a thread's exit leave it too high, which costs at
+  // most a walk of kAdoptSlots slots.
   std::atomic<uint32_t> owner_run;
   // What other threads free into the slab: a second list, on lines of its
   // own, so that their pushes and the owner's pops do not fight over one
@@ -93,6 +96,7 @@ struct FreeLists {
     const uint64_t list = remote.exchange(0, std::memory_order_acquire);
     if (list == 0) return false;
     push_chain(L, cls, slab, uint32_t(list), L.slot(cls, slab, uint32_t(list >> 32)));
+    L.head<FreeListHead>(cls, slab).owner_run.store(0, std::memory_order_relaxed);  // others' frees in front
     return true;
   }
 

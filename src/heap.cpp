@@ -90,7 +90,7 @@ void after_fork_in_parent() { g_heap.trimmer().end_fork(false); }
 // freed (those with staged slots once these are adopted), and the slots
 // recorded in g_orphans for the child's threads to take back as they need
 // them. (A thread interrupted inside free() may lose the one slot it was
-// freeing, one inside malloc's Heap::adopt the up to 31 it was listing; one
+// freeing, one inside malloc's batch pop (Heap::take_batch_own) up to 32; one
 // inside a stats read has its count reset.)
 void after_fork_in_child() {
   g_heap.trimmer().end_fork(true);
